@@ -1,0 +1,11 @@
+//! convert-weight: convert LLM checkpoints between PyTorch/HuggingFace and MindSpore.
+//!
+//! Layers: [`formats`] (bytes and files, no models) → [`tensor`] (headers, byte references) → [`models`]
+//! (names and ops, no bytes) → [`ops`]/[`exec`] (the op tree and its evaluation) → [`convert`] (one job) →
+//! [`runner`] (many jobs; knows neither formats nor models).
+
+pub mod convert;
+pub mod formats;
+pub mod models;
+pub mod ops;
+pub mod tensor;

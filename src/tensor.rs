@@ -1,0 +1,393 @@
+//! Format-independent tensor descriptions: dtypes, headers and where a tensor's bytes live.
+//!
+//! Readers produce a [`Checkpoint`]: a list of [`TensorEntry`] (header + [`DataRef`]) plus non-tensor entries.
+//! Nothing here knows about a file format or a model family.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+/// Element types a checkpoint can hold. Spelled as in `inspect --json` (`F32`, `BF16`, `BOOL`...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DType {
+    F64,
+    F32,
+    F16,
+    BF16,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    U16,
+    U32,
+    U64,
+    Bool,
+}
+
+/// One row per dtype: (dtype, canonical name, element size, is float).
+const DTYPES: &[(DType, &str, usize, bool)] = &[
+    (DType::F64, "F64", 8, true),
+    (DType::F32, "F32", 4, true),
+    (DType::F16, "F16", 2, true),
+    (DType::BF16, "BF16", 2, true),
+    (DType::I64, "I64", 8, false),
+    (DType::I32, "I32", 4, false),
+    (DType::I16, "I16", 2, false),
+    (DType::I8, "I8", 1, false),
+    (DType::U8, "U8", 1, false),
+    (DType::U16, "U16", 2, false),
+    (DType::U32, "U32", 4, false),
+    (DType::U64, "U64", 8, false),
+    (DType::Bool, "BOOL", 1, false),
+];
+
+impl DType {
+    pub const ALL: [DType; 13] = [
+        DType::F64,
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::I64,
+        DType::I32,
+        DType::I16,
+        DType::I8,
+        DType::U8,
+        DType::U16,
+        DType::U32,
+        DType::U64,
+        DType::Bool,
+    ];
+
+    fn row(self) -> &'static (DType, &'static str, usize, bool) {
+        DTYPES
+            .iter()
+            .find(|r| r.0 == self)
+            .expect("every dtype has a row")
+    }
+
+    /// Canonical name: `F64 F32 F16 BF16 I64 I32 I16 I8 U8 U16 U32 U64 BOOL` (also safetensors' spelling).
+    pub fn name(self) -> &'static str {
+        self.row().1
+    }
+
+    /// Size of one element in bytes.
+    pub fn size(self) -> usize {
+        self.row().2
+    }
+
+    pub fn is_float(self) -> bool {
+        self.row().3
+    }
+
+    /// Parse the canonical name (as written by `name`).
+    pub fn from_name(s: &str) -> Option<DType> {
+        DTYPES.iter().find(|r| r.1 == s).map(|r| r.0)
+    }
+
+    /// The user-facing `--dtype` spellings of the reference tool.
+    pub fn from_cli(s: &str) -> Option<DType> {
+        match s {
+            "fp32" => Some(DType::F32),
+            "fp16" => Some(DType::F16),
+            "bf16" => Some(DType::BF16),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Number of elements of a shape (1 for a scalar). `None` on overflow.
+pub fn numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
+/// Header of one tensor: what `inspect` lists and what planning works from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl TensorInfo {
+    pub fn new(name: impl Into<String>, dtype: DType, shape: Vec<usize>) -> Self {
+        TensorInfo {
+            name: name.into(),
+            dtype,
+            shape,
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        numel(&self.shape).unwrap_or(usize::MAX)
+    }
+
+    /// Size of the tensor's contiguous bytes (saturating; readers reject overflowing shapes).
+    pub fn nbytes(&self) -> usize {
+        self.numel().saturating_mul(self.dtype.size())
+    }
+}
+
+/// Shared, read-only bytes a tensor can point into: a memory map or an owned buffer.
+#[derive(Clone)]
+pub enum Backing {
+    Mmap(Arc<Mmap>),
+    Owned(Arc<Vec<u8>>),
+}
+
+impl Backing {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Mmap(m) => &m[..],
+            Backing::Owned(v) => &v[..],
+        }
+    }
+
+    /// Owned bytes (for tensors that a reader had to build itself).
+    pub fn owned(v: Vec<u8>) -> Self {
+        Backing::Owned(Arc::new(v))
+    }
+}
+
+impl fmt::Debug for Backing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backing::Mmap(m) => write!(f, "Mmap({} bytes)", m.len()),
+            Backing::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
+        }
+    }
+}
+
+/// Where a tensor's bytes live. Readers validate ranges when they build one, so reading never fails on bounds.
+#[derive(Clone, Debug)]
+pub enum DataRef {
+    /// Row-major little-endian bytes, one range of the backing.
+    Contiguous {
+        backing: Backing,
+        range: Range<usize>,
+    },
+    /// Row-major bytes cut into consecutive pieces (MindSpore slices); concatenated they are the tensor.
+    Chunks {
+        backing: Backing,
+        ranges: Vec<Range<usize>>,
+    },
+    /// A strided view into a storage (torch): element `offset + Σ idx_i·stride_i` of `storage`.
+    /// `storage` is the byte range of the whole storage; offsets and strides are in elements.
+    Strided {
+        backing: Backing,
+        storage: Range<usize>,
+        elem_size: usize,
+        offset: usize,
+        shape: Vec<usize>,
+        strides: Vec<usize>,
+    },
+}
+
+impl DataRef {
+    /// The tensor's row-major bytes: borrowed when they are contiguous in the backing, else materialised.
+    pub fn bytes(&self) -> Cow<'_, [u8]> {
+        match self {
+            DataRef::Contiguous { backing, range } => {
+                Cow::Borrowed(&backing.bytes()[range.clone()])
+            }
+            DataRef::Chunks { backing, ranges } => {
+                if ranges.len() == 1 {
+                    return Cow::Borrowed(&backing.bytes()[ranges[0].clone()]);
+                }
+                let total = ranges.iter().map(|r| r.len()).sum();
+                let mut out = Vec::with_capacity(total);
+                for r in ranges {
+                    out.extend_from_slice(&backing.bytes()[r.clone()]);
+                }
+                Cow::Owned(out)
+            }
+            DataRef::Strided {
+                backing,
+                storage,
+                elem_size,
+                offset,
+                shape,
+                strides,
+            } => {
+                let st = &backing.bytes()[storage.clone()];
+                if let Some(r) = contiguous_range(*elem_size, *offset, shape, strides) {
+                    return Cow::Borrowed(&st[r]);
+                }
+                Cow::Owned(materialise_strided(st, *elem_size, *offset, shape, strides))
+            }
+        }
+    }
+
+    /// Byte length of the tensor's row-major data.
+    pub fn len(&self) -> usize {
+        match self {
+            DataRef::Contiguous { range, .. } => range.len(),
+            DataRef::Chunks { ranges, .. } => ranges.iter().map(|r| r.len()).sum(),
+            DataRef::Strided {
+                elem_size, shape, ..
+            } => numel(shape).unwrap_or(0) * elem_size,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// If a strided view is in fact row-major contiguous, its byte range within the storage.
+pub fn contiguous_range(
+    elem_size: usize,
+    offset: usize,
+    shape: &[usize],
+    strides: &[usize],
+) -> Option<Range<usize>> {
+    let n = numel(shape)?;
+    if n == 0 {
+        return Some(0..0);
+    }
+    let mut expect = 1usize;
+    for (&d, &s) in shape.iter().zip(strides).rev() {
+        if d != 1 && s != expect {
+            return None;
+        }
+        expect *= d;
+    }
+    let start = offset * elem_size;
+    Some(start..start + n * elem_size)
+}
+
+/// Copy a strided view into a fresh row-major buffer. The caller has validated the bounds.
+pub fn materialise_strided(
+    storage: &[u8],
+    elem_size: usize,
+    offset: usize,
+    shape: &[usize],
+    strides: &[usize],
+) -> Vec<u8> {
+    let n = numel(shape).unwrap_or(0);
+    let mut out = Vec::with_capacity(n * elem_size);
+    if n == 0 {
+        return out;
+    }
+    let rank = shape.len();
+    if rank == 0 {
+        let s = offset * elem_size;
+        out.extend_from_slice(&storage[s..s + elem_size]);
+        return out;
+    }
+    // Walk every index but the last with an odometer; copy the last dimension in one go when it is unit-strided.
+    let last = rank - 1;
+    let inner = shape[last];
+    let inner_contig = strides[last] == 1;
+    let mut idx = vec![0usize; last];
+    loop {
+        let base: usize = offset + idx.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>();
+        if inner_contig {
+            let s = base * elem_size;
+            out.extend_from_slice(&storage[s..s + inner * elem_size]);
+        } else {
+            for j in 0..inner {
+                let s = (base + j * strides[last]) * elem_size;
+                out.extend_from_slice(&storage[s..s + elem_size]);
+            }
+        }
+        // advance the odometer
+        let mut d = last;
+        loop {
+            if d == 0 {
+                return out;
+            }
+            d -= 1;
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
+/// One tensor of a checkpoint: its header and where its bytes are.
+#[derive(Clone, Debug)]
+pub struct TensorEntry {
+    pub info: TensorInfo,
+    pub data: DataRef,
+    /// Index of an earlier entry in the same checkpoint that this one is tied to (same storage, same view),
+    /// so writers that can share storage (torch) write it once.
+    pub tied_to: Option<usize>,
+}
+
+/// A non-tensor entry (MindSpore `str` records, pickle scalars in a training checkpoint...): reported, not converted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtherEntry {
+    pub name: String,
+    /// What it is (`str`, `int`...).
+    pub kind: String,
+    /// A printable rendering of its value.
+    pub value: String,
+}
+
+/// Everything a reader found in one file (or one sharded set of files).
+#[derive(Clone, Debug, Default)]
+pub struct Checkpoint {
+    /// `torch_zip`, `torch_legacy_pickle`, `safetensors`, `mindspore_ckpt_protobuf`, or `sharded(<inner>)`.
+    pub format: String,
+    pub tensors: Vec<TensorEntry>,
+    pub others: Vec<OtherEntry>,
+    /// Files read, in order.
+    pub files: Vec<PathBuf>,
+    /// Format metadata (safetensors `__metadata__`), if any.
+    pub metadata: Vec<(String, String)>,
+}
+
+impl Checkpoint {
+    pub fn infos(&self) -> Vec<TensorInfo> {
+        self.tensors.iter().map(|t| t.info.clone()).collect()
+    }
+
+    pub fn find(&self, name: &str) -> Option<&TensorEntry> {
+        self.tensors.iter().find(|t| t.info.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtype_table_round_trips() {
+        for d in DType::ALL {
+            assert_eq!(DType::from_name(d.name()), Some(d));
+        }
+        assert_eq!(DType::Bool.name(), "BOOL");
+        assert_eq!(DType::BF16.size(), 2);
+        assert!(DType::BF16.is_float() && !DType::I64.is_float());
+    }
+
+    #[test]
+    fn strided_transpose_materialises_row_major() {
+        // storage holds a 2x3 row-major matrix of u8; view its transpose (3x2, strides (1,3)).
+        let st: Vec<u8> = (0..6).collect();
+        let out = materialise_strided(&st, 1, 0, &[3, 2], &[1, 3]);
+        assert_eq!(out, vec![0, 3, 1, 4, 2, 5]);
+        assert_eq!(contiguous_range(1, 0, &[3, 2], &[1, 3]), None);
+        assert_eq!(contiguous_range(2, 1, &[2, 3], &[3, 1]), Some(2..14));
+        // stride-0 broadcast
+        assert_eq!(
+            materialise_strided(&st, 1, 2, &[2, 2], &[0, 1]),
+            vec![2, 3, 2, 3]
+        );
+        // scalar with offset
+        assert_eq!(materialise_strided(&st, 2, 1, &[], &[]), vec![2, 3]);
+    }
+}
