@@ -99,3 +99,20 @@ pub struct PlanSummary {
     /// Planned peak of memory the job itself holds (bytes): about the two largest buffers in flight.
     pub peak_bytes: u64,
 }
+
+/// Plan a job from headers only: opens the inputs, builds the plan, checks it, writes nothing.
+pub fn plan(spec: &JobSpec) -> Result<PlanSummary, ConvertError> {
+    Err(ConvertError::Usage(format!(
+        "{}: conversion engine not implemented yet",
+        spec.input.display()
+    )))
+}
+
+/// Run a job to completion: the output appears atomically at `spec.output` only when complete.
+pub fn run(spec: &JobSpec, ctl: &RunControl) -> Result<JobOutcome, ConvertError> {
+    let _ = ctl;
+    Err(ConvertError::Usage(format!(
+        "{}: conversion engine not implemented yet",
+        spec.input.display()
+    )))
+}
