@@ -5,7 +5,9 @@
 //! [`runner`] (many jobs; knows neither formats nor models).
 
 pub mod convert;
+pub mod exec;
 pub mod formats;
+pub mod inspect;
 pub mod models;
 pub mod ops;
 pub mod tensor;
