@@ -600,8 +600,3 @@ mod tests {
         assert_eq!(plan_shards(&[], Some(8)), vec![Vec::<usize>::new()]);
     }
 }
-
-/// Parse an HF-style size: `500KB`, `5GB` (decimal), `10MiB`, `2GiB` (binary) or a plain byte count.
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    s.trim().parse::<u64>().map_err(|_| format!("bad size '{s}'"))
-}
