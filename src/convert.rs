@@ -109,6 +109,7 @@ pub struct PlanSummary {
     pub peak_bytes: u64,
 }
 
+
 /// Plan a job from headers only: opens the inputs, builds the plan, checks it, writes nothing.
 pub fn plan(spec: &JobSpec) -> Result<PlanSummary, ConvertError> {
     Ok(Prepared::new(spec)?.summary())
@@ -363,12 +364,7 @@ impl Prepared {
         self.source
             .files
             .iter()
-            .map(|f| {
-                (
-                    f.clone(),
-                    std::fs::metadata(f).map(|m| m.len()).unwrap_or(0),
-                )
-            })
+            .map(|f| (f.clone(), std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)))
             .collect()
     }
 
@@ -441,19 +437,9 @@ impl Prepared {
     fn execute(self, ctl: &RunControl) -> Result<JobOutcome, ConvertError> {
         let compute = Compute::from_spec(self.device.as_deref()).map_err(|e| usage(e.0))?;
         let mut writer = if self.target.sharded {
-            formats::sharded::writer(
-                self.target.format,
-                &self.target.path,
-                &self.outs,
-                &self.opts,
-            )?
+            formats::sharded::writer(self.target.format, &self.target.path, &self.outs, &self.opts)?
         } else {
-            formats::create_single_writer(
-                self.target.format,
-                &self.target.path,
-                &self.outs,
-                &self.opts,
-            )?
+            formats::create_single_writer(self.target.format, &self.target.path, &self.outs, &self.opts)?
         };
         let mut hashes: Vec<Option<String>> = vec![None; self.outs.len()];
         let mut written = 0u64;
