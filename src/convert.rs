@@ -109,15 +109,90 @@ pub struct PlanSummary {
     pub peak_bytes: u64,
 }
 
-
 /// Plan a job from headers only: opens the inputs, builds the plan, checks it, writes nothing.
 pub fn plan(spec: &JobSpec) -> Result<PlanSummary, ConvertError> {
     Ok(Prepared::new(spec)?.summary())
 }
 
 /// Run a job to completion: the output appears atomically at `spec.output` only when complete.
+/// Takes the output's lock first (waiting while another process holds it).
 pub fn run(spec: &JobSpec, ctl: &RunControl) -> Result<JobOutcome, ConvertError> {
+    let lock = lock_output(spec)?;
+    run_locked(spec, ctl, &lock)
+}
+
+/// [`run`] for a caller that already holds the output's lock (e.g. to check a fingerprint under it first).
+pub fn run_locked(
+    spec: &JobSpec,
+    ctl: &RunControl,
+    _lock: &OutputLock,
+) -> Result<JobOutcome, ConvertError> {
     Prepared::new(spec)?.execute(ctl)
+}
+
+/// An exclusive lock on one job's output (a `flock` on a hidden lock file beside it), held until dropped.
+/// Taking it also removes temporary files that a killed earlier run left for this output.
+pub struct OutputLock {
+    _file: std::fs::File,
+    pub path: PathBuf,
+}
+
+/// Take the lock of `spec.output`, waiting while another process holds it.
+pub fn lock_output(spec: &JobSpec) -> Result<OutputLock, ConvertError> {
+    let out = &spec.output;
+    let is_dir = out.as_os_str().to_string_lossy().ends_with('/') || out.is_dir();
+    let (dir, name) = if is_dir {
+        (out.clone(), None)
+    } else {
+        let dir = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        (
+            dir,
+            out.file_name().map(|n| n.to_string_lossy().into_owned()),
+        )
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| formats::FormatError::io(&dir, e))?;
+    let path = dir.join(match &name {
+        Some(n) => format!(".{n}.convert-weight.lock"),
+        None => ".convert-weight.lock".to_string(),
+    });
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| formats::FormatError::io(&path, e))?;
+    flock_exclusive(&file).map_err(|e| formats::FormatError::io(&path, e))?;
+    // Leftovers of a killed run for this output (or, for a directory output, any in it).
+    let prefix = match &name {
+        Some(n) => formats::temp_prefix(n),
+        None => formats::TEMP_PREFIX.to_string(),
+    };
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(OutputLock { _file: file, path })
+}
+
+fn flock_exclusive(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    loop {
+        // SAFETY: flock on a valid, owned file descriptor.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// Where and how the output is written.
@@ -364,7 +439,12 @@ impl Prepared {
         self.source
             .files
             .iter()
-            .map(|f| (f.clone(), std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)))
+            .map(|f| {
+                (
+                    f.clone(),
+                    std::fs::metadata(f).map(|m| m.len()).unwrap_or(0),
+                )
+            })
             .collect()
     }
 
@@ -407,9 +487,19 @@ impl Prepared {
     fn execute(self, ctl: &RunControl) -> Result<JobOutcome, ConvertError> {
         let compute = Compute::from_spec(self.device.as_deref()).map_err(|e| usage(e.0))?;
         let mut writer = if self.target.sharded {
-            formats::sharded::writer(self.target.format, &self.target.path, &self.outs, &self.opts)?
+            formats::sharded::writer(
+                self.target.format,
+                &self.target.path,
+                &self.outs,
+                &self.opts,
+            )?
         } else {
-            formats::create_single_writer(self.target.format, &self.target.path, &self.outs, &self.opts)?
+            formats::create_single_writer(
+                self.target.format,
+                &self.target.path,
+                &self.outs,
+                &self.opts,
+            )?
         };
         let mut hashes: Vec<Option<String>> = vec![None; self.outs.len()];
         let mut written = 0u64;

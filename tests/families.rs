@@ -84,7 +84,9 @@ fn hyper_flags(v: &Variant) -> Vec<String> {
 /// Expected tensors of a reference output, adjusted for our documented deviations: `inv_freq` buffers the input
 /// lacks are not synthesised; integer tensors keep their dtype under --dtype (compare them to the input instead).
 fn expected(v: &Variant, file: &Path, input: &[T]) -> Vec<T> {
-    let has_inv_freq = input.iter().any(|t| t.name.ends_with("rotary_emb.inv_freq"));
+    let has_inv_freq = input
+        .iter()
+        .any(|t| t.name.ends_with("rotary_emb.inv_freq"));
     sidecar(file)
         .into_iter()
         .filter(|t| has_inv_freq || !t.name.ends_with("rotary_emb.inv_freq"))
@@ -113,7 +115,9 @@ fn forward_args(v: &Variant, input: &Path, output: &Path, dtype: Option<&str>) -
 }
 
 fn without_position_ids(ts: Vec<T>) -> Vec<T> {
-    ts.into_iter().filter(|t| !t.name.ends_with("position_ids")).collect()
+    ts.into_iter()
+        .filter(|t| !t.name.ends_with("position_ids"))
+        .collect()
 }
 
 #[test]
@@ -147,7 +151,13 @@ fn forward_matches_reference_from_every_input_layout() {
                     v.dir.display(),
                     src.display()
                 );
-                assert_eq!(got, want, "{}: {file} from {}", v.dir.display(), src.display());
+                assert_eq!(
+                    got,
+                    want,
+                    "{}: {file} from {}",
+                    v.dir.display(),
+                    src.display()
+                );
             }
         }
     }
@@ -203,16 +213,20 @@ fn torch_to_ckpt_to_torch_is_identity() {
         ];
         a.extend(hyper_flags(&v));
         convert(&a);
-        assert_eq!(sorted(inspect(&back)), sorted(sidecar(&input)), "{}", v.dir.display());
+        assert_eq!(
+            sorted(inspect(&back)),
+            sorted(sidecar(&input)),
+            "{}",
+            v.dir.display()
+        );
         // verify agrees
-        let out = cw(&[
-            "verify",
-            s(&input),
-            s(&ck),
-            "--model",
-            v.model,
-        ]);
-        assert!(out.status.success(), "verify {}: {}", v.dir.display(), String::from_utf8_lossy(&out.stdout));
+        let out = cw(&["verify", s(&input), s(&ck), "--model", v.model]);
+        assert!(
+            out.status.success(),
+            "verify {}: {}",
+            v.dir.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }
 

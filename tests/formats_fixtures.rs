@@ -8,7 +8,11 @@ use common::*;
 fn inspect_matches_every_sidecar() {
     let Some(fx) = fixtures() else { return };
     let files = sidecar_files(&fx);
-    assert!(files.len() > 100, "expected the whole fixture tree, found {}", files.len());
+    assert!(
+        files.len() > 100,
+        "expected the whole fixture tree, found {}",
+        files.len()
+    );
     for f in files {
         let ours = inspect(&f);
         let theirs = sidecar(&f);
@@ -35,7 +39,9 @@ fn ckpt_fixtures_rewrite_byte_identical() {
     let Some(fx) = fixtures() else { return };
     let tmp = tempfile::tempdir().unwrap();
     for f in sidecar_files(&fx) {
-        if f.extension().and_then(|e| e.to_str()) != Some("ckpt") || f.to_str().unwrap().contains("ms_sliced") {
+        if f.extension().and_then(|e| e.to_str()) != Some("ckpt")
+            || f.to_str().unwrap().contains("ms_sliced")
+        {
             continue;
         }
         let out = tmp.path().join("x.ckpt");

@@ -154,7 +154,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             let mut spec = spec_from(&c.model, input, output)?;
             if let Some(s) = &c.max_shard_size {
-                spec.max_shard_size = Some(parse_size(s).map_err(|e| format!("--max-shard-size {s}: {e}"))?);
+                spec.max_shard_size =
+                    Some(parse_size(s).map_err(|e| format!("--max-shard-size {s}: {e}"))?);
             }
             if cli.dry_run {
                 let plan = convert::plan(&spec).map_err(chain)?;
