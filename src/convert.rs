@@ -700,3 +700,54 @@ pub fn verify(spec: &JobSpec, expected: &Path) -> Result<Vec<Difference>, Conver
     }
     Ok(diffs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(model: Option<&str>, reversed: bool, out: &str) -> JobSpec {
+        JobSpec {
+            model: model.map(String::from),
+            reversed,
+            output: PathBuf::from(out),
+            ..JobSpec::default()
+        }
+    }
+
+    #[test]
+    fn output_format_follows_the_path() {
+        let t = |m, r, o| target(&spec(m, r, o)).map(|t| (t.format, t.path, t.sharded));
+        assert_eq!(
+            t(Some("llama"), false, "x/out").unwrap(),
+            (OutputFormat::Ckpt, PathBuf::from("x/out.ckpt"), false)
+        );
+        assert_eq!(
+            t(Some("llama"), true, "x/out").unwrap(),
+            (OutputFormat::Torch, PathBuf::from("x/out"), false)
+        );
+        assert_eq!(t(None, false, "a.pth").unwrap().0, OutputFormat::Torch);
+        assert_eq!(
+            t(None, false, "a.safetensors").unwrap().0,
+            OutputFormat::Safetensors
+        );
+        assert!(t(None, false, "a.weird").is_err());
+        let d = t(Some("llama"), true, "hf/").unwrap();
+        assert_eq!((d.0, d.2), (OutputFormat::Safetensors, true));
+        let mut s = spec(None, false, "o/model.bin");
+        s.max_shard_size = Some(100);
+        let t = target(&s).unwrap();
+        assert_eq!(
+            (t.format, t.path, t.sharded),
+            (OutputFormat::Torch, PathBuf::from("o"), true)
+        );
+    }
+
+    #[test]
+    fn error_chain_joins_causes_once() {
+        let e = ConvertError::Format(formats::FormatError::io(
+            Path::new("f.bin"),
+            std::io::Error::other("disk on fire"),
+        ));
+        assert_eq!(error_chain(&e), "f.bin: disk on fire");
+    }
+}
