@@ -133,7 +133,8 @@ fn fixture_ckpts_rewrite_byte_identical() {
             } else {
                 formats::CKPT_SLICE_SIZE
             },
-            crc: original.len() >= 17 && &original[original.len() - 17..original.len() - 10] == b"crc_num",
+            crc: original.len() >= 17
+                && &original[original.len() - 17..original.len() - 10] == b"crc_num",
             ..Default::default()
         };
         let dst = out.path().join(name);
@@ -160,7 +161,12 @@ fn fixture_ckpts_rewrite_byte_identical() {
 // Exact bytes of spec §1.2 / §1.5
 // ---------------------------------------------------------------------------------------------------------------
 
-fn write_one(dir: &Path, name: &str, tensors: &[(TensorInfo, Vec<u8>)], opts: &WriteOptions) -> Vec<u8> {
+fn write_one(
+    dir: &Path,
+    name: &str,
+    tensors: &[(TensorInfo, Vec<u8>)],
+    opts: &WriteOptions,
+) -> Vec<u8> {
     let p = dir.join(name);
     let decl: Vec<OutTensor> = tensors
         .iter()
@@ -188,7 +194,9 @@ fn writer_emits_the_spec_bytes() {
         &[(TensorInfo::new("f32", DType::F32, vec![2, 3]), data.clone())],
         &WriteOptions::default(),
     );
-    let mut expect = vec![0x0A, 0x2E, 0x0A, 0x03, b'f', b'3', b'2', 0x12, 0x27, 0x08, 0x02, 0x08, 0x03];
+    let mut expect = vec![
+        0x0A, 0x2E, 0x0A, 0x03, b'f', b'3', b'2', 0x12, 0x27, 0x08, 0x02, 0x08, 0x03,
+    ];
     expect.extend(ld(0x12, b"Float32"));
     expect.extend([0x1A, 0x18]);
     expect.extend(&data);
@@ -198,7 +206,10 @@ fn writer_emits_the_spec_bytes() {
     let bytes = write_one(
         dir.path(),
         "b.ckpt",
-        &[(TensorInfo::new("epoch_num", DType::I64, vec![]), 3i64.to_le_bytes().to_vec())],
+        &[(
+            TensorInfo::new("epoch_num", DType::I64, vec![]),
+            3i64.to_le_bytes().to_vec(),
+        )],
         &WriteOptions::default(),
     );
     let mut expect = vec![0x0A, 0x1E];
@@ -266,9 +277,11 @@ fn zero_length_and_scalars() {
 #[test]
 fn type_spellings() {
     let mut file = Vec::new();
-    for (i, t) in ["UInt8", "Uint8", "UInt16", "Uint16", "UInt32", "Uint32", "UInt64", "Uint64"]
-        .iter()
-        .enumerate()
+    for (i, t) in [
+        "UInt8", "Uint8", "UInt16", "Uint16", "UInt32", "Uint32", "UInt64", "Uint64",
+    ]
+    .iter()
+    .enumerate()
     {
         let size = [1, 1, 2, 2, 4, 4, 8, 8][i];
         file.extend(record(&format!("t{i}"), &[2], t, &vec![7u8; 2 * size]));
@@ -288,7 +301,10 @@ fn type_spellings() {
 
 #[test]
 fn str_records_are_other_entries() {
-    let utf32: Vec<u8> = "héllo".chars().flat_map(|c| (c as u32).to_le_bytes()).collect();
+    let utf32: Vec<u8> = "héllo"
+        .chars()
+        .flat_map(|c| (c as u32).to_le_bytes())
+        .collect();
     let mut f = record("w", &[1], "Float32", &f32_bytes(&[1.0]));
     f.extend(record("note", &[0], "str", &utf32));
     let ck = read_bytes(&f).unwrap();
@@ -333,10 +349,19 @@ fn refusals_name_the_problem() {
     let good = record("a", &[2], "Float32", &f32_bytes(&[1.0, 2.0]));
     let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
         ("empty", vec![], &["empty"]),
-        ("encrypted", vec![0xD8, 0x5E, 0x3A, 0x7F, 1, 2, 3], &["encrypted"]),
+        (
+            "encrypted",
+            vec![0xD8, 0x5E, 0x3A, 0x7F, 1, 2, 3],
+            &["encrypted"],
+        ),
         (
             "non-adjacent duplicate",
-            [good.clone(), record("b", &[], "Int64", &[0; 8]), good.clone()].concat(),
+            [
+                good.clone(),
+                record("b", &[], "Int64", &[0; 8]),
+                good.clone(),
+            ]
+            .concat(),
             &["'a'", "non-adjacent"],
         ),
         (
@@ -344,13 +369,25 @@ fn refusals_name_the_problem() {
             record("a", &[3], "Float32", &[0; 8]),
             &["'a'", "expected 12"],
         ),
-        ("missing content", {
-            let mut t = vec![0x08, 2];
-            t.extend(ld(0x12, b"Float32"));
-            record_with("a", &t)
-        }, &["'a'", "expected 8"]),
-        ("missing type", record_with("a", &[0x08, 1]), &["'a'", "tensor_type"]),
-        ("missing tag", ld(0x0A, &ld(0x12, &tensor_body(&[1], "UInt8", &[1]))), &["no tag"]),
+        (
+            "missing content",
+            {
+                let mut t = vec![0x08, 2];
+                t.extend(ld(0x12, b"Float32"));
+                record_with("a", &t)
+            },
+            &["'a'", "expected 8"],
+        ),
+        (
+            "missing type",
+            record_with("a", &[0x08, 1]),
+            &["'a'", "tensor_type"],
+        ),
+        (
+            "missing tag",
+            ld(0x0A, &ld(0x12, &tensor_body(&[1], "UInt8", &[1]))),
+            &["no tag"],
+        ),
         (
             "map tensor",
             {
@@ -389,9 +426,21 @@ fn refusals_name_the_problem() {
             vec![0x0A, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0x0A],
             &["runs past"],
         ),
-        ("overlong varint", [vec![0x0A], vec![0xFF; 11]].concat(), &["varint"]),
-        ("group wire type", [good.clone(), vec![0x0B]].concat(), &["wire type"]),
-        ("trailing garbage", [good.clone(), vec![0x0A, 0x05, 1]].concat(), &["runs past"]),
+        (
+            "overlong varint",
+            [vec![0x0A], vec![0xFF; 11]].concat(),
+            &["varint"],
+        ),
+        (
+            "group wire type",
+            [good.clone(), vec![0x0B]].concat(),
+            &["wire type"],
+        ),
+        (
+            "trailing garbage",
+            [good.clone(), vec![0x0A, 0x05, 1]].concat(),
+            &["runs past"],
+        ),
         (
             "wrong CRC",
             {
@@ -403,15 +452,22 @@ fn refusals_name_the_problem() {
             },
             &["CRC mismatch"],
         ),
-        ("only a trailer", {
-            let mut f = vec![0x0A, 0x00];
-            f.extend(trailer(&[0x0A, 0x00]));
-            f
-        }, &["tag"]),
+        (
+            "only a trailer",
+            {
+                let mut f = vec![0x0A, 0x00];
+                f.extend(trailer(&[0x0A, 0x00]));
+                f
+            },
+            &["tag"],
+        ),
     ];
     for (what, bytes, needles) in cases {
         let e = err_of(&bytes);
-        assert!(e.contains("x.ckpt"), "{what}: error does not name the file: {e}");
+        assert!(
+            e.contains("x.ckpt"),
+            "{what}: error does not name the file: {e}"
+        );
         for n in needles {
             assert!(e.contains(n), "{what}: '{n}' not in: {e}");
         }
@@ -464,8 +520,14 @@ fn sample_file(crc: bool) -> Vec<u8> {
         dir.path(),
         "s.ckpt",
         &[
-            (TensorInfo::new("a", DType::F32, vec![2, 3]), f32_bytes(&[1.0; 6])),
-            (TensorInfo::new("big", DType::U8, vec![40]), (0..40).collect()),
+            (
+                TensorInfo::new("a", DType::F32, vec![2, 3]),
+                f32_bytes(&[1.0; 6]),
+            ),
+            (
+                TensorInfo::new("big", DType::U8, vec![40]),
+                (0..40).collect(),
+            ),
             (TensorInfo::new("s", DType::I64, vec![]), vec![9; 8]),
         ],
         &WriteOptions {

@@ -90,7 +90,12 @@ fn fixture_safetensors_match_sidecars_and_rewrite_identically() {
 fn header_padding_and_whitespace() {
     let data = [1u8, 2, 3, 4];
     let h = r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#;
-    for header in [h.to_string(), format!("{h}     "), format!("  {h}"), format!("\n{h}\t")] {
+    for header in [
+        h.to_string(),
+        format!("{h}     "),
+        format!("  {h}"),
+        format!("\n{h}\t"),
+    ] {
         let ck = read_bytes(&st_bytes(&header, &data)).unwrap();
         assert_eq!(&ck.tensors[0].data.bytes()[..], &data);
     }
@@ -126,11 +131,25 @@ fn hostile_headers_are_refused_clearly() {
         ("header length 2^63", huge_len, &["exceeds"]),
         ("header past end", past_end, &["runs past"]),
         ("not an object", st_bytes("[1]", &[]), &["start with '{'"]),
-        ("bad json", st_bytes("{\"a\":", &[]), &["invalid header JSON"]),
-        ("not utf-8", st_bytes("{\"\u{ff}\":1}", &[]).into_iter().map(|b| if b == 0xC3 { 0xFF } else { b }).collect(), &["UTF-8"]),
+        (
+            "bad json",
+            st_bytes("{\"a\":", &[]),
+            &["invalid header JSON"],
+        ),
+        (
+            "not utf-8",
+            st_bytes("{\"\u{ff}\":1}", &[])
+                .into_iter()
+                .map(|b| if b == 0xC3 { 0xFF } else { b })
+                .collect(),
+            &["UTF-8"],
+        ),
         (
             "duplicate tensor",
-            st_bytes(&obj(&[t("a", "U8", "[1]", 0, 1), t("a", "U8", "[1]", 1, 2)]), &[0; 2]),
+            st_bytes(
+                &obj(&[t("a", "U8", "[1]", 0, 1), t("a", "U8", "[1]", 1, 2)]),
+                &[0; 2],
+            ),
             &["duplicate key 'a'"],
         ),
         (
@@ -145,7 +164,10 @@ fn hostile_headers_are_refused_clearly() {
         ),
         (
             "duplicate field",
-            st_bytes(r#"{"a":{"dtype":"U8","dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#, &[0]),
+            st_bytes(
+                r#"{"a":{"dtype":"U8","dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
+                &[0],
+            ),
             &["duplicate field", "'a'"],
         ),
         (
@@ -160,12 +182,18 @@ fn hostile_headers_are_refused_clearly() {
         ),
         (
             "overlap",
-            st_bytes(&obj(&[t("a", "U8", "[2]", 0, 2), t("b", "U8", "[2]", 1, 3)]), &[0; 3]),
+            st_bytes(
+                &obj(&[t("a", "U8", "[2]", 0, 2), t("b", "U8", "[2]", 1, 3)]),
+                &[0; 3],
+            ),
             &["'b'", "overlap"],
         ),
         (
             "hole",
-            st_bytes(&obj(&[t("a", "U8", "[2]", 0, 2), t("b", "U8", "[2]", 3, 5)]), &[0; 5]),
+            st_bytes(
+                &obj(&[t("a", "U8", "[2]", 0, 2), t("b", "U8", "[2]", 3, 5)]),
+                &[0; 5],
+            ),
             &["'b'", "hole"],
         ),
         (
@@ -195,23 +223,39 @@ fn hostile_headers_are_refused_clearly() {
         ),
         (
             "2^60 elements",
-            st_bytes(&obj(&[t("h", "F32", "[1073741824,1073741824]", 0, 4)]), &[0; 4]),
+            st_bytes(
+                &obj(&[t("h", "F32", "[1073741824,1073741824]", 0, 4)]),
+                &[0; 4],
+            ),
             &["'h'", "needs 4611686018427387904"],
         ),
         (
             "overflowing shape",
-            st_bytes(&obj(&[t("h", "F32", "[4611686018427387904,8]", 0, 4)]), &[0; 4]),
+            st_bytes(
+                &obj(&[t("h", "F32", "[4611686018427387904,8]", 0, 4)]),
+                &[0; 4],
+            ),
             &["'h'", "overflow"],
         ),
         (
             "offset past 2^64",
-            st_bytes(&obj(&[t("h", "U8", "[1]", 18446744073709551615, 0)]), &[0; 4]),
+            st_bytes(
+                &obj(&[t("h", "U8", "[1]", 18446744073709551615, 0)]),
+                &[0; 4],
+            ),
             &["'h'"],
         ),
-        ("negative dim", st_bytes(&obj(&[t("n", "U8", "[-1]", 0, 0)]), &[]), &["invalid header JSON", "'n'"]),
+        (
+            "negative dim",
+            st_bytes(&obj(&[t("n", "U8", "[-1]", 0, 0)]), &[]),
+            &["invalid header JSON", "'n'"],
+        ),
         (
             "float offsets",
-            st_bytes(r#"{"n":{"dtype":"U8","shape":[1],"data_offsets":[0.5,1]}}"#, &[0]),
+            st_bytes(
+                r#"{"n":{"dtype":"U8","shape":[1],"data_offsets":[0.5,1]}}"#,
+                &[0],
+            ),
             &["invalid header JSON", "'n'"],
         ),
     ];
@@ -271,9 +315,15 @@ fn writer_layout_metadata_and_tied_copies() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("w.safetensors");
     let ts = vec![
-        (TensorInfo::new("emb", DType::F16, vec![2]), vec![1, 2, 3, 4]),
+        (
+            TensorInfo::new("emb", DType::F16, vec![2]),
+            vec![1, 2, 3, 4],
+        ),
         (TensorInfo::new("flag", DType::Bool, vec![]), vec![1]),
-        (TensorInfo::new("head", DType::F16, vec![2]), vec![1, 2, 3, 4]),
+        (
+            TensorInfo::new("head", DType::F16, vec![2]),
+            vec![1, 2, 3, 4],
+        ),
         (TensorInfo::new("big", DType::F64, vec![1]), vec![9; 8]),
     ];
     let mut d = decl(&ts);
@@ -292,7 +342,10 @@ fn writer_layout_metadata_and_tied_copies() {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     assert_eq!(n % 8, 0);
     let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
-    assert!(header.starts_with(r#"{"__metadata__":{"format":"pt"},"big":"#), "{header}");
+    assert!(
+        header.starts_with(r#"{"__metadata__":{"format":"pt"},"big":"#),
+        "{header}"
+    );
     let ck = st::read(&p).unwrap();
     let names: Vec<_> = ck.tensors.iter().map(|t| t.info.name.as_str()).collect();
     assert_eq!(names, ["big", "emb", "head", "flag"]);
@@ -326,7 +379,11 @@ fn writer_refusals() {
     assert!(w.write(0, &[0, 0]).is_err());
     w.write(0, &[0]).unwrap();
     assert!(w.finish().is_err());
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "temp file left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "temp file left behind"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------

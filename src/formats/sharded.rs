@@ -24,7 +24,11 @@ pub enum Resolved {
 }
 
 /// Index file suffixes, in order of preference when a directory holds several kinds.
-const INDEX_SUFFIXES: &[&str] = &[".safetensors.index.json", ".bin.index.json", ".ckpt.index.json"];
+const INDEX_SUFFIXES: &[&str] = &[
+    ".safetensors.index.json",
+    ".bin.index.json",
+    ".ckpt.index.json",
+];
 
 /// Extensions of single weight files a directory may hold.
 const WEIGHT_EXTS: &[&str] = &["safetensors", "bin", "pt", "pth", "ckpt"];
@@ -290,7 +294,12 @@ pub fn read_index(path: &Path) -> Result<Checkpoint> {
 
 /// At most 10 names, then a count.
 fn short_list(names: &[&str]) -> String {
-    let mut s = names.iter().take(10).copied().collect::<Vec<_>>().join(", ");
+    let mut s = names
+        .iter()
+        .take(10)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
     if names.len() > 10 {
         s.push_str(&format!(" and {} more", names.len() - 10));
     }
@@ -564,7 +573,15 @@ mod tests {
         ] {
             assert_eq!(parse_size(s), Ok(v), "{s}");
         }
-        for s in ["", "GB", "5XB", "0", "-1GB", "99999999999999999999TB", "1..5MB"] {
+        for s in [
+            "",
+            "GB",
+            "5XB",
+            "0",
+            "-1GB",
+            "99999999999999999999TB",
+            "1..5MB",
+        ] {
             assert!(parse_size(s).is_err(), "{s}");
         }
     }
