@@ -172,6 +172,12 @@ fn a_single_shard_has_no_index() {
         );
         assert_same_tensor_set(&ck, &formats::open_model(&dir).unwrap(), name);
     }
+    // an empty model still gives one (empty) file
+    let dir = tmp.path().join("empty");
+    let empty = Checkpoint::default();
+    write_checkpoint(OutputFormat::Safetensors, &dir, &empty, &sharded_opts(10)).unwrap();
+    assert_eq!(names_in(&dir), ["model.safetensors"]);
+    assert!(formats::open_model(&dir).unwrap().tensors.is_empty());
 }
 
 #[test]
