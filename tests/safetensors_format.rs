@@ -261,6 +261,7 @@ fn hostile_headers_are_refused_clearly() {
     ];
     for (what, bytes, needles) in cases {
         let e = err_of(&bytes);
+        eprintln!("{what}: {e}");
         assert!(e.contains("x.safetensors"), "{what}: no file name in: {e}");
         for n in needles {
             assert!(e.contains(n), "{what}: '{n}' not in: {e}");

@@ -362,6 +362,7 @@ fn index_reading_is_fail_closed() {
     for (what, json, needles) in cases {
         let idx = set_with_index(tmp.path(), json);
         let e = sharded::read_index(&idx).unwrap_err().to_string();
+        eprintln!("{what}: {e}");
         for n in *needles {
             assert!(e.contains(n), "{what}: '{n}' not in: {e}");
         }
