@@ -115,12 +115,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let chain = |e: convert::ConvertError| error_chain(&e);
     if cli.list_models {
         for f in models::registry() {
-            let aliases = if f.aliases().is_empty() {
-                String::new()
+            let name = if f.aliases().is_empty() {
+                f.name().to_string()
             } else {
-                format!(" (alias {})", f.aliases().join(", "))
+                format!("{} (alias {})", f.name(), f.aliases().join(", "))
             };
-            println!("{:<12}{aliases}  {}", f.name(), f.describe());
+            println!("{name:<28}{}", f.describe());
         }
         return Ok(ExitCode::SUCCESS);
     }
