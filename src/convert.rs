@@ -374,6 +374,14 @@ impl Prepared {
                 dropped: Vec::new(),
             },
         };
+        if plan.items.is_empty() {
+            return Err(usage(format!(
+                "{}: nothing to convert ({} input tensors, {} dropped by rules); refusing to write an empty checkpoint",
+                spec.input.display(),
+                infos.len(),
+                plan.dropped.len()
+            )));
+        }
         for d in &plan.dropped {
             warnings.push(format!("dropped '{}': {}", d.name, d.rule));
         }
