@@ -6,6 +6,8 @@
 //! * [`writer`]: a streaming zip writer that `torch.load(weights_only=True, mmap=True)` accepts; tied tensors share
 //!   one storage.
 
+#[cfg(test)]
+mod crafted_tests;
 mod legacy;
 mod pickle;
 mod state;

@@ -46,8 +46,7 @@ pub(crate) fn read(path: &Path) -> Result<Checkpoint> {
     }
     let byteorder = format!("{prefix}byteorder");
     if let Some(i) = archive.index_for_name(&byteorder) {
-        let r =
-            entry_range(&mut archive, i, bytes.len()).map_err(|m| FormatError::invalid(path, m))?;
+        let r = entry_range(&mut archive, i, bytes).map_err(|m| FormatError::invalid(path, m))?;
         match bytes[r].trim_ascii() {
             b"little" => {}
             b"big" => {
@@ -70,18 +69,17 @@ pub(crate) fn read(path: &Path) -> Result<Checkpoint> {
     let pkl_index = archive
         .index_for_name(&pkl)
         .ok_or_else(|| FormatError::invalid(path, "data.pkl vanished from the directory"))?;
-    let pr = entry_range(&mut archive, pkl_index, bytes.len())
-        .map_err(|m| FormatError::invalid(path, m))?;
+    let pr =
+        entry_range(&mut archive, pkl_index, bytes).map_err(|m| FormatError::invalid(path, m))?;
     let up =
         unpickle(&bytes[pr], 0).map_err(|e| FormatError::invalid(path, format!("{pkl}: {e}")))?;
-    let len = bytes.len();
     let mut resolve =
         |st: &super::pickle::StorageRef| -> std::result::Result<Range<usize>, String> {
             let name = format!("{prefix}data/{}", st.key);
             let i = archive
                 .index_for_name(&name)
                 .ok_or_else(|| format!("storage record '{name}' is missing from the archive"))?;
-            let r = entry_range(&mut archive, i, len)?;
+            let r = entry_range(&mut archive, i, bytes)?;
             check_record_len(st, r.len())?;
             Ok(r)
         };
@@ -94,20 +92,46 @@ pub(crate) fn read(path: &Path) -> Result<Checkpoint> {
     )
 }
 
+/// Zip compression method numbers, for messages.
+const METHODS: &[(u16, &str)] = &[
+    (8, "Deflate"),
+    (9, "Deflate64"),
+    (12, "bzip2"),
+    (14, "LZMA"),
+    (93, "Zstandard"),
+    (95, "XZ"),
+    (99, "AES-encrypted"),
+];
+
 /// The byte range of entry `i`'s data in the file. Only Stored entries qualify.
 fn entry_range(
     archive: &mut ZipArchive<Cursor<&[u8]>>,
     i: usize,
-    file_len: usize,
+    archive_bytes: &[u8],
 ) -> std::result::Result<Range<usize>, String> {
+    let file_len = archive_bytes.len();
     let f = archive
         .by_index_raw(i)
         .map_err(|e| format!("zip entry {i}: {e}"))?;
     let name = String::from_utf8_lossy(f.name_raw()).into_owned();
     if f.compression() != CompressionMethod::Stored {
+        // The method number, from the local header (the crate names methods it was built without "Unsupported").
+        let method = usize::try_from(f.header_start())
+            .ok()
+            .and_then(|h| archive_bytes.get(h.checked_add(8)?..h.checked_add(10)?))
+            .map(|b| u16::from_le_bytes([b[0], b[1]]));
+        let label = match method {
+            Some(m) => {
+                let known = METHODS
+                    .iter()
+                    .find(|(n, _)| *n == m)
+                    .map_or("unknown", |x| x.1);
+                format!("method {m}, {known}")
+            }
+            None => format!("{:?}", f.compression()),
+        };
         return Err(format!(
-            "zip entry '{name}' is compressed ({:?}); torch checkpoints store entries uncompressed (re-save with torch.save)",
-            f.compression()
+            "zip entry '{name}' is compressed ({label}); torch checkpoints store entries uncompressed (re-save with torch.save)"
         ));
     }
     if f.encrypted() {
