@@ -69,7 +69,11 @@ fn v2(
     e.op(b'R');
 }
 
-fn dict_of(items: &[(&str, &dyn Fn(&mut Emitter))]) -> Vec<u8> {
+/// Emits one value onto a pickle.
+type Part<'a> = &'a dyn Fn(&mut Emitter);
+type BoxedPart = Box<dyn Fn(&mut Emitter)>;
+
+fn dict_of(items: &[(&str, Part<'_>)]) -> Vec<u8> {
     let mut e = Emitter::default();
     e.proto2();
     e.op(b'}');
@@ -283,7 +287,7 @@ fn v3_untyped_storages_and_unsupported_dtypes() {
 fn absurd_sizes_error_without_allocating() {
     let dir = tempfile::tempdir().unwrap();
     let data = vec![("0", f32s(&[1., 2.]))];
-    let cases: Vec<(&str, Box<dyn Fn(&mut Emitter)>)> = vec![
+    let cases: Vec<(&str, BoxedPart)> = vec![
         (
             "persistent id",
             Box::new(|e: &mut Emitter| v2(e, "FloatStorage", "0", 1 << 60, 0, &[2], &[1])),
