@@ -344,12 +344,25 @@ fn absurd_sizes_error_without_allocating() {
 
 #[test]
 fn huge_dims_via_long1_are_fine() {
-    // An expanded (stride-0) view with 2^33 elements over a 1-element storage.
+    // Dims beyond 2^31 (LONG1) on an empty tensor: nothing to read, nothing allocated.
     let dir = tempfile::tempdir().unwrap();
+    let f = |e: &mut Emitter| v2(e, "ByteStorage", "0", 0, 0, &[1 << 33, 0], &[0, 1 << 40]);
+    let p = torch_zip(dir.path(), &dict_of(&[("big", &f)]), &[("0", vec![])]);
+    let ck = read_zip(&p).unwrap();
+    assert_eq!(ck.tensors[0].info.shape, [1usize << 33, 0]);
+    assert!(ck.tensors[0].data.bytes().is_empty());
+    // A stride-0 view expanding one byte to 8 GiB is refused (it would have to be materialised).
     let f = |e: &mut Emitter| v2(e, "ByteStorage", "0", 1, 0, &[1 << 33], &[0]);
     let p = torch_zip(dir.path(), &dict_of(&[("big", &f)]), &[("0", vec![7])]);
-    let ck = read_zip(&p).unwrap();
-    assert_eq!(ck.tensors[0].info.shape, [1usize << 33]);
+    let msg = err_of(read_zip(&p));
+    assert!(msg.contains("'big'") && msg.contains("expands"), "{msg}");
+    // A modest expansion is fine.
+    let f = |e: &mut Emitter| v2(e, "ByteStorage", "0", 2, 0, &[3, 2], &[0, 1]);
+    let p = torch_zip(dir.path(), &dict_of(&[("pos", &f)]), &[("0", vec![7, 8])]);
+    assert_eq!(
+        &*read_zip(&p).unwrap().tensors[0].data.bytes(),
+        &[7, 8, 7, 8, 7, 8]
+    );
 }
 
 #[test]

@@ -26,6 +26,8 @@ const MAX_NODES: usize = 1 << 24;
 const MAX_LONG_BYTES: usize = 1024;
 /// Longest text line (`GLOBAL` names, text `INT`...).
 const MAX_LINE: usize = 1024;
+/// Values a pickle may copy per byte of input (plus a fixed allowance).
+const WORK_PER_BYTE: usize = 1;
 /// Highest tensor rank accepted.
 pub(crate) const MAX_RANK: usize = 64;
 
@@ -350,6 +352,12 @@ pub(crate) fn unpickle(data: &[u8], start: usize) -> Result<Unpickled, PickleErr
         marks: Vec::new(),
         memo: HashMap::new(),
         nodes: Vec::new(),
+        work: 0,
+        work_limit: data
+            .len()
+            .saturating_sub(start)
+            .saturating_mul(WORK_PER_BYTE)
+            .saturating_add(1 << 18),
     };
     match vm.run() {
         Ok(root) => Ok(Unpickled {
@@ -372,6 +380,9 @@ struct Vm<'a> {
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
     nodes: Vec<Node>,
+    /// Values copied so far, and the most allowed.
+    work: usize,
+    work_limit: usize,
 }
 
 type R<T> = Result<T, String>;
@@ -519,14 +530,34 @@ impl<'a> Vm<'a> {
         }
     }
 
-    fn seq_items(&self, v: &Value) -> Option<Vec<Value>> {
+    /// The items of a tuple, list or set, borrowed.
+    fn seq_ref(&self, v: &Value) -> Option<&[Value]> {
         match v {
             Value::Obj(i) => match self.nodes.get(*i)? {
-                Node::Tuple(x) | Node::List(x) | Node::Set(x) => Some(x.clone()),
+                Node::Tuple(x) | Node::List(x) | Node::Set(x) => Some(x),
                 _ => None,
             },
             _ => None,
         }
+    }
+
+    /// The items of a tuple, list or set, copied (charged to the copy budget).
+    fn seq_items(&mut self, v: &Value) -> R<Option<Vec<Value>>> {
+        let n = self.seq_ref(v).map_or(0, <[Value]>::len);
+        self.charge(n)?;
+        Ok(self.seq_ref(v).map(<[Value]>::to_vec))
+    }
+
+    /// Account for copying `n` values; a pickle may copy at most a fixed multiple of its own size, so
+    /// re-using one huge memoized tuple over and over cannot amplify memory or time.
+    fn charge(&mut self, n: usize) -> R<()> {
+        self.work = self.work.saturating_add(n);
+        if self.work > self.work_limit {
+            return Err(
+                "pickle copies far more values than its size allows (hostile input?)".into(),
+            );
+        }
+        Ok(())
     }
 
     // ---- main loop ----
@@ -762,6 +793,7 @@ impl<'a> Vm<'a> {
                         Some(Node::Tuple(a)) => a.clone(),
                         _ => return Err("REDUCE/NEWOBJ arguments are not a tuple".into()),
                     };
+                    self.charge(args.len())?;
                     let Value::Global(g) = f else {
                         return Err(format!(
                             "REDUCE/NEWOBJ on a {} (only allow-listed globals may be called)",
@@ -871,7 +903,13 @@ impl<'a> Vm<'a> {
 
     fn persistent_load(&mut self, pid: &Value) -> R<Value> {
         let items = match self.node(pid) {
-            Some(Node::Tuple(t)) => t.clone(),
+            Some(Node::Tuple(t)) if t.len() <= 6 => t.clone(),
+            Some(Node::Tuple(t)) => {
+                return Err(format!(
+                    "storage persistent id has {} items, expected 5 (zip) or 6 (legacy)",
+                    t.len()
+                ))
+            }
             _ => return Err("persistent id is not a tuple".into()),
         };
         if items.first() != Some(&Value::Str("storage".into())) {
@@ -923,11 +961,11 @@ impl<'a> Vm<'a> {
                     [] => {}
                     [items] => {
                         let pairs = self
-                            .seq_items(items)
+                            .seq_items(items)?
                             .ok_or("OrderedDict argument is not a sequence")?;
                         let mut flat = Vec::new();
                         for p in &pairs {
-                            match self.seq_items(p).as_deref() {
+                            match self.seq_ref(p) {
                                 Some([k, v]) => {
                                     flat.push(k.clone());
                                     flat.push(v.clone());
@@ -975,17 +1013,18 @@ impl<'a> Vm<'a> {
                     Some(Node::Tuple(a)) => a.clone(),
                     _ => return Err("_rebuild_from_type_v2 arguments are not a tuple".into()),
                 };
+                self.charge(inner.len())?;
                 self.call(*f, &inner, depth + 1)
             }
             Global::Size => match args {
-                [t] if self.seq_items(t).is_some() => Ok(t.clone()),
+                [t] if self.seq_ref(t).is_some() => Ok(t.clone()),
                 [] => self.new_node(Node::Tuple(Vec::new())),
                 _ => Err("torch.Size expects one tuple".into()),
             },
             Global::Set => match args {
                 [] => self.new_node(Node::Set(Vec::new())),
                 [it] => {
-                    let items = self.seq_items(it).ok_or("set() of a non-sequence")?;
+                    let items = self.seq_items(it)?.ok_or("set() of a non-sequence")?;
                     self.new_node(Node::Set(items))
                 }
                 _ => Err("set() with several arguments".into()),
@@ -1033,7 +1072,7 @@ impl<'a> Vm<'a> {
 
     fn dims_arg(&self, v: &Value, what: &str) -> Result<Vec<usize>, String> {
         let items = self
-            .seq_items(v)
+            .seq_ref(v)
             .ok_or_else(|| format!("{what} is not a tuple"))?;
         if items.len() > MAX_RANK {
             return Err(format!(
@@ -1360,6 +1399,20 @@ mod tests {
         for c in cases {
             assert!(run(c).is_err(), "{c:?}");
         }
+    }
+
+    #[test]
+    fn copying_a_memoized_tuple_over_and_over_is_bounded() {
+        // t = tuple(range-ish 200k); then set(t) 100k times via BINGET: refused long before 2e10 copies.
+        let mut p = vec![0x80, 2, b'('];
+        p.extend(std::iter::repeat_n(b'N', 200_000));
+        p.extend_from_slice(b"tq\x00");
+        for _ in 0..100_000 {
+            p.extend_from_slice(b"cbuiltins\nset\nh\x00\x85R0");
+        }
+        p.extend_from_slice(b"N.");
+        let e = run(&p).unwrap_err();
+        assert!(e.msg.contains("copies"), "{e}");
     }
 
     #[test]

@@ -28,6 +28,9 @@ const PREFERRED_KEYS: &[&str] = &[
     "params",
     "weights",
 ];
+/// Largest logical size of a view bigger than its storage (stride 0 or overlapping strides), so a tiny file cannot
+/// make a reader materialise terabytes.
+const MAX_EXPANDED_BYTES: usize = 1 << 30;
 /// Longest rendering of a non-tensor value.
 const MAX_RENDER: usize = 200;
 
@@ -134,7 +137,7 @@ fn view(
 ) -> std::result::Result<DataRef, String> {
     let elem = dtype.size();
     let n = numel(shape).ok_or("element count overflows")?;
-    n.checked_mul(elem).ok_or("byte size overflows")?;
+    let nbytes = n.checked_mul(elem).ok_or("byte size overflows")?;
     if n > 0 {
         let mut last = offset;
         for (&d, &s) in shape.iter().zip(strides) {
@@ -153,6 +156,12 @@ fn view(
                 storage.len()
             ));
         }
+    }
+    if nbytes > storage.len() && nbytes > MAX_EXPANDED_BYTES {
+        return Err(format!(
+            "view (size {shape:?}, stride {strides:?}) expands a {}-byte storage to {nbytes} bytes: refused beyond {MAX_EXPANDED_BYTES}",
+            storage.len()
+        ));
     }
     if let Some(r) = contiguous_range(elem, offset, shape, strides) {
         let start = storage.start + r.start;
