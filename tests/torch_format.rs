@@ -396,3 +396,38 @@ proptest! {
         }
     }
 }
+
+/// Writes a sample file for manual inspection when `TORCH_SAMPLE_OUT` is set (used to check the pickle with
+/// Python's `pickletools`; never needed by the suite).
+#[test]
+fn sample_file_for_manual_inspection() {
+    let Ok(out) = std::env::var("TORCH_SAMPLE_OUT") else {
+        return;
+    };
+    let dtypes = DType::ALL;
+    let mut decl: Vec<OutTensor> = dtypes
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| OutTensor {
+            info: TensorInfo::new(format!("t{i}.{d}"), d, vec![2, 3, 1, 2]),
+            tied_to: None,
+        })
+        .collect();
+    decl.push(OutTensor {
+        info: TensorInfo::new("scalar", DType::F32, vec![]),
+        tied_to: None,
+    });
+    decl.push(OutTensor {
+        info: TensorInfo::new("empty", DType::F32, vec![0, 4]),
+        tied_to: None,
+    });
+    decl.push(OutTensor {
+        info: TensorInfo::new("tied", DType::F64, vec![2, 3, 1, 2]),
+        tied_to: Some(0),
+    });
+    let mut w = writer(Path::new(&out), &decl, &WriteOptions::default()).unwrap();
+    for i in w.order() {
+        w.write(i, &fill(decl[i].info.nbytes(), i as u64)).unwrap();
+    }
+    w.finish().unwrap();
+}
