@@ -431,3 +431,35 @@ fn sample_file_for_manual_inspection() {
     }
     w.finish().unwrap();
 }
+
+#[test]
+fn many_tensors_span_several_setitems_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("many.bin");
+    let n = 5000;
+    let decl: Vec<OutTensor> = (0..n)
+        .map(|i| OutTensor {
+            info: TensorInfo::new(format!("layers.{i}.w"), DType::BF16, vec![i % 3, 2]),
+            tied_to: if i % 10 == 9 { Some(i - 1) } else { None },
+        })
+        .map(|mut t| {
+            if let Some(j) = t.tied_to {
+                t.info.shape = vec![j % 3, 2];
+            }
+            t
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    let mut w = writer(&p, &decl, &WriteOptions::default()).unwrap();
+    for i in w.order() {
+        w.write(i, &fill(decl[i].info.nbytes(), i as u64)).unwrap();
+    }
+    w.finish().unwrap();
+    let ck = read_zip(&p).unwrap();
+    eprintln!("{n} tensors written and read in {:?}", t0.elapsed());
+    assert_eq!(ck.tensors.len(), n);
+    for (t, d) in ck.tensors.iter().zip(&decl) {
+        assert_eq!(t.info, d.info);
+        assert_eq!(t.tied_to, d.tied_to);
+    }
+}

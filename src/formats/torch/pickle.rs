@@ -456,7 +456,7 @@ impl<'a> Vm<'a> {
             .iter()
             .take(MAX_LINE + 1)
             .position(|&b| b == b'\n')
-            .ok_or_else(|| format!("text argument without newline within {MAX_LINE} bytes"))?;
+            .ok_or_else(|| format!("text argument without newline within {MAX_LINE} bytes (truncated or malformed)"))?;
         let s = self.take(n + 1)?;
         std::str::from_utf8(&s[..n]).map_err(|_| "text argument is not UTF-8".to_string())
     }
