@@ -463,3 +463,39 @@ fn many_tensors_span_several_setitems_batches() {
         assert_eq!(t.tied_to, d.tied_to);
     }
 }
+
+/// Throughput probe, run on demand: `TORCH_BIG_MIB=1024 cargo test --test torch_format big -- --nocapture`.
+#[test]
+fn big_file_throughput_probe() {
+    let Some(mib) = std::env::var("TORCH_BIG_MIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.bin");
+    let n = mib << 20;
+    let mut data = vec![0xA5u8; n];
+    for (i, b) in fill(4096, 5).into_iter().enumerate() {
+        data[i * (n / 4096)] = b;
+    }
+    if let Some(last) = data.last_mut() {
+        *last = 0x5A;
+    }
+    let decl = vec![OutTensor {
+        info: TensorInfo::new("w", DType::U8, vec![n]),
+        tied_to: None,
+    }];
+    let t0 = std::time::Instant::now();
+    let mut w = writer(&p, &decl, &WriteOptions::default()).unwrap();
+    w.write(0, &data).unwrap();
+    w.finish().unwrap();
+    let tw = t0.elapsed();
+    let t1 = std::time::Instant::now();
+    let ck = read_zip(&p).unwrap();
+    let b = ck.tensors[0].data.bytes();
+    assert!(matches!(b, std::borrow::Cow::Borrowed(_)));
+    assert_eq!(&b[..], &data[..]);
+    eprintln!("{mib} MiB: write {tw:?}, read+compare {:?}", t1.elapsed());
+}
