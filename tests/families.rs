@@ -190,7 +190,11 @@ fn reverse_matches_reference() {
         } else {
             sorted(sidecar(&reversed))
         };
-        assert_eq!(got, want, "{}: reverse of expected.ckpt", v.dir.display());
+        assert_same(
+            &got,
+            &want,
+            &format!("{}: reverse of expected.ckpt", v.dir.display()),
+        );
     }
 }
 
@@ -213,11 +217,19 @@ fn torch_to_ckpt_to_torch_is_identity() {
         ];
         a.extend(hyper_flags(&v));
         convert(&a);
-        assert_eq!(
-            sorted(inspect(&back)),
-            sorted(sidecar(&input)),
-            "{}",
-            v.dir.display()
+        let mut want = sorted(sidecar(&input));
+        let mut got = sorted(inspect(&back));
+        if v.family == "glm" {
+            // glm pins input_layernorm to fp16 (as the reference does): lossy for non-fp16 sources.
+            let pinned = |t: &T| t.name.contains("input_layernorm");
+            assert!(got.iter().filter(|t| pinned(t)).all(|t| t.dtype == "F16"));
+            got.retain(|t| !pinned(t));
+            want.retain(|t| !pinned(t));
+        }
+        assert_same(
+            &got,
+            &want,
+            &format!("{}: torch -> ckpt -> torch", v.dir.display()),
         );
         // verify agrees
         let out = cw(&["verify", s(&input), s(&ck), "--model", v.model]);
@@ -236,6 +248,7 @@ fn dry_run_lists_exactly_what_is_written() {
     for v in variants() {
         let input = torch_input(&v);
         let o = tmp.path().join("dry.ckpt");
+        let _ = std::fs::remove_file(&o);
         let mut a = forward_args(&v, &input, &o, None);
         a.push("--dry-run".into());
         let av: Vec<&str> = a.iter().map(String::as_str).collect();
