@@ -130,11 +130,18 @@ pub fn run_locked(
     Prepared::new(spec)?.execute(ctl)
 }
 
-/// An exclusive lock on one job's output (a `flock` on a hidden lock file beside it), held until dropped.
-/// Taking it also removes temporary files that a killed earlier run left for this output.
+/// An exclusive lock on one job's output (a `flock` on a hidden lock file beside it), held until dropped; the
+/// lock file is removed on drop. Taking it also removes temporary files that a killed earlier run left.
 pub struct OutputLock {
     _file: std::fs::File,
     pub path: PathBuf,
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        // Unlink while still holding the lock; waiters re-check the inode after they get it.
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Take the lock of `spec.output`, waiting while another process holds it.
@@ -158,13 +165,22 @@ pub fn lock_output(spec: &JobSpec) -> Result<OutputLock, ConvertError> {
         Some(n) => format!(".{n}.convert-weight.lock"),
         None => ".convert-weight.lock".to_string(),
     });
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| formats::FormatError::io(&path, e))?;
-    flock_exclusive(&file).map_err(|e| formats::FormatError::io(&path, e))?;
+    let file = loop {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| formats::FormatError::io(&path, e))?;
+        flock_exclusive(&file).map_err(|e| formats::FormatError::io(&path, e))?;
+        // The holder before us unlinks the lock file when done: make sure ours is still the one at the path.
+        use std::os::unix::fs::MetadataExt;
+        let ours = file.metadata().map(|m| m.ino()).ok();
+        let at_path = std::fs::metadata(&path).map(|m| m.ino()).ok();
+        if ours.is_some() && ours == at_path {
+            break file;
+        }
+    };
     // Leftovers of a killed run for this output (or, for a directory output, any in it).
     let prefix = match &name {
         Some(n) => formats::temp_prefix(n),
