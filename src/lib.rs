@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod formats;
+pub mod manifest;
 pub mod models;
 pub mod ops;
 pub mod tensor;
