@@ -5,8 +5,12 @@
 //! [`runner`] (many jobs; knows neither formats nor models).
 
 pub mod convert;
+pub mod fingerprint;
 pub mod formats;
+pub mod golden;
 pub mod manifest;
 pub mod models;
 pub mod ops;
+pub mod report;
+pub mod runner;
 pub mod tensor;

@@ -77,7 +77,9 @@ impl<'de> Deserialize<'de> for SizeValue {
         impl Visitor<'_> for V {
             type Value = SizeValue;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a size: a positive integer (bytes) or a string like \"500MB\" or \"2GiB\"")
+                f.write_str(
+                    "a size: a positive integer (bytes) or a string like \"500MB\" or \"2GiB\"",
+                )
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<SizeValue, E> {
                 match u64::try_from(v) {
@@ -179,7 +181,11 @@ fn merge(job: RawJob, d: &RawJob) -> RawJob {
 /// 1-based line of a byte offset.
 fn line_of(src: &str, offset: usize) -> usize {
     let end = offset.min(src.len());
-    src.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    src.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Parse an HF size: `"2GiB"`/`"500MiB"`/`"8KiB"` (powers of 1024), `"5GB"`/`"500MB"`/`"8KB"` (powers of 1000; a
@@ -295,7 +301,11 @@ struct JobBuilder<'a> {
 }
 
 impl JobBuilder<'_> {
-    fn err<T>(&self, span: std::ops::Range<usize>, msg: impl Into<String>) -> Result<T, ManifestError> {
+    fn err<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        msg: impl Into<String>,
+    ) -> Result<T, ManifestError> {
         Err(ManifestError {
             path: self.file.to_path_buf(),
             line: Some(line_of(self.src, span.start)),
@@ -303,7 +313,11 @@ impl JobBuilder<'_> {
         })
     }
 
-    fn positive(&self, key: &str, v: &Option<Spanned<i64>>) -> Result<Option<usize>, ManifestError> {
+    fn positive(
+        &self,
+        key: &str,
+        v: &Option<Spanned<i64>>,
+    ) -> Result<Option<usize>, ManifestError> {
         match v {
             None => Ok(None),
             Some(s) => match usize::try_from(*s.get_ref()) {
@@ -319,7 +333,11 @@ impl JobBuilder<'_> {
     fn build(&self, raw: RawJob, table: std::ops::Range<usize>) -> Result<BatchJob, ManifestError> {
         let line = line_of(self.src, table.start);
         let (Some(input), Some(output)) = (&raw.input, &raw.output) else {
-            let missing = if raw.input.is_none() { "input" } else { "output" };
+            let missing = if raw.input.is_none() {
+                "input"
+            } else {
+                "output"
+            };
             return self.err(table, format!("job has no '{missing}'"));
         };
         for (key, v) in [("input", input), ("output", output)] {
@@ -341,7 +359,9 @@ impl JobBuilder<'_> {
             None => format!("{} -> {}", input.get_ref(), output.get_ref()),
         };
         let model = match &raw.model {
-            Some(m) if m.get_ref().trim().is_empty() => return self.err(m.span(), "model is empty"),
+            Some(m) if m.get_ref().trim().is_empty() => {
+                return self.err(m.span(), "model is empty")
+            }
             Some(m) => Some(m.get_ref().trim().to_string()),
             None => None,
         };
@@ -352,7 +372,10 @@ impl JobBuilder<'_> {
                 None => {
                     return self.err(
                         d.span(),
-                        format!("unknown dtype '{}': expected fp32, fp16 or bf16", d.get_ref()),
+                        format!(
+                            "unknown dtype '{}': expected fp32, fp16 or bf16",
+                            d.get_ref()
+                        ),
                     )
                 }
             },
@@ -362,8 +385,7 @@ impl JobBuilder<'_> {
             Some(d) => {
                 let v = d.get_ref().as_str();
                 let ok = matches!(v, "cpu" | "cuda" | "auto")
-                    || v
-                        .strip_prefix("cuda:")
+                    || v.strip_prefix("cuda:")
                         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
                 if !ok {
                     return self.err(
@@ -433,8 +455,16 @@ impl Manifest {
         for t in raw.job {
             let span = t.span();
             let merged = merge(t.into_inner(), &defaults);
-            let out_span = merged.output.as_ref().map(|o| o.span()).unwrap_or(span.clone());
-            let name_span = merged.name.as_ref().map(|o| o.span()).unwrap_or(span.clone());
+            let out_span = merged
+                .output
+                .as_ref()
+                .map(|o| o.span())
+                .unwrap_or(span.clone());
+            let name_span = merged
+                .name
+                .as_ref()
+                .map(|o| o.span())
+                .unwrap_or(span.clone());
             jobs.push(b.build(merged, span)?);
             out_spans.push((out_span, name_span));
         }
@@ -449,7 +479,10 @@ impl Manifest {
             if let Some(&k) = names.get(j.name.as_str()) {
                 return b.err(
                     name_span,
-                    format!("duplicate job name '{}' (first at line {})", j.name, jobs[k].line),
+                    format!(
+                        "duplicate job name '{}' (first at line {})",
+                        j.name, jobs[k].line
+                    ),
                 );
             }
             names.insert(&j.name, i);
@@ -470,7 +503,10 @@ impl Manifest {
                 let whose = if k == i {
                     "its own input".to_string()
                 } else {
-                    format!("the input of job '{}' (line {})", jobs[k].name, jobs[k].line)
+                    format!(
+                        "the input of job '{}' (line {})",
+                        jobs[k].name, jobs[k].line
+                    )
                 };
                 return b.err(
                     out_span,
@@ -500,7 +536,9 @@ mod tests {
     }
 
     fn err(src: &str) -> String {
-        parse(src).expect_err("manifest should be rejected").to_string()
+        parse(src)
+            .expect_err("manifest should be rejected")
+            .to_string()
     }
 
     #[test]
