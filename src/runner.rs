@@ -494,11 +494,17 @@ fn base_report(job: &BatchJob, status: Status) -> JobReport {
 fn failed(job: &BatchJob, status: Status, error: String, seconds: f64) -> JobResult {
     let mut r = base_report(job, status);
     r.error = Some(error);
-    r.seconds = seconds;
+    r.seconds = round_secs(seconds);
+    r.inputs = inputs_of(&job.spec, &[]);
     JobResult {
         report: r,
         tensors: Vec::new(),
     }
+}
+
+/// Seconds to the millisecond, for readable reports.
+fn round_secs(s: f64) -> f64 {
+    (s * 1000.0).round() / 1000.0
 }
 
 fn inputs_of(spec: &JobSpec, listed: &[(PathBuf, u64)]) -> Vec<InputEntry> {
@@ -663,7 +669,7 @@ fn execute(
     r.tensors = outcome.tensors.len() as u64;
     r.bytes_read = outcome.bytes_read;
     r.bytes_written = outcome.bytes_written;
-    r.seconds = seconds;
+    r.seconds = round_secs(seconds);
     r.peak_rss_bytes = peak_rss();
     r.warnings = outcome.warnings;
     r.warnings.extend(warnings);
@@ -684,6 +690,15 @@ fn pool(jobs: usize) -> Option<rayon::ThreadPool> {
         .ok()
 }
 
+/// A planned job waiting for admission.
+struct Admitted {
+    /// Index into the jobs.
+    index: usize,
+    peak: u64,
+    plan_secs: f64,
+    inputs: Vec<(PathBuf, u64)>,
+}
+
 /// Run `jobs` and return one result per job, in the given order. Never stops at a failure.
 pub fn run_batch(jobs: &[&BatchJob], exec: &dyn Executor, opts: &Options) -> Vec<JobResult> {
     let n_threads = opts.jobs.max(1);
@@ -694,13 +709,19 @@ pub fn run_batch(jobs: &[&BatchJob], exec: &dyn Executor, opts: &Options) -> Vec
     };
 
     let mut results: Vec<Option<JobResult>> = Vec::with_capacity(jobs.len());
-    // Planned jobs: (index into `jobs`, peak, planned bytes, plan seconds).
-    let mut planned: Vec<(usize, u64, u64, f64)> = Vec::new();
+    let mut planned: Vec<Admitted> = Vec::new();
+    let mut totals = vec![0u64; jobs.len()];
     for (i, p) in prepared.into_iter().enumerate() {
         match p {
             Prepared::Done(r) => results.push(Some(r)),
             Prepared::Planned { plan, plan_secs } => {
-                planned.push((i, plan.peak_bytes, plan.out_bytes, plan_secs));
+                totals[i] = plan.out_bytes;
+                planned.push(Admitted {
+                    index: i,
+                    peak: plan.peak_bytes,
+                    plan_secs,
+                    inputs: plan.inputs,
+                });
                 results.push(None);
             }
         }
@@ -708,10 +729,15 @@ pub fn run_batch(jobs: &[&BatchJob], exec: &dyn Executor, opts: &Options) -> Vec
 
     let progress = Progress::new(
         opts.progress,
-        planned.iter().map(|p| jobs[p.0].name.clone()).collect(),
-        planned.iter().map(|p| p.2).collect(),
+        jobs.iter().map(|j| j.name.clone()).collect(),
+        totals,
     );
-    let peaks: Vec<u64> = planned.iter().map(|p| p.1).collect();
+    for (i, r) in results.iter().enumerate() {
+        if let Some(r) = r {
+            progress.finished(i, &r.report);
+        }
+    }
+    let peaks: Vec<u64> = planned.iter().map(|p| p.peak).collect();
     let admission = Admission::new(planned.len(), opts.memory_budget);
     let done: Mutex<Vec<(usize, JobResult)>> = Mutex::new(Vec::new());
     let workers = n_threads.min(planned.len());
@@ -725,24 +751,28 @@ pub fn run_batch(jobs: &[&BatchJob], exec: &dyn Executor, opts: &Options) -> Vec
                 .name(format!("cw-job-{w}"))
                 .spawn_scoped(s, move || {
                     while let Some((k, admitted)) = admission.next(peaks, &opts.cancel) {
-                        let (i, peak, _, plan_secs) = planned[k];
-                        let job = jobs[i];
-                        let r = if admitted {
-                            progress.started(k);
-                            let cb = |b: u64| progress.update(k, b);
-                            let r = execute(job, exec, opts, &cb, plan_secs, solo);
-                            admission.done(peak);
+                        let a = &planned[k];
+                        let job = jobs[a.index];
+                        let mut r = if admitted {
+                            progress.started(a.index);
+                            let cb = |b: u64| progress.update(a.index, b);
+                            let r = execute(job, exec, opts, &cb, a.plan_secs, solo);
+                            admission.done(a.peak);
                             r
                         } else {
                             failed(
                                 job,
                                 Status::Cancelled,
                                 "cancelled before start".into(),
-                                plan_secs,
+                                a.plan_secs,
                             )
                         };
-                        progress.finished(k, &r.report);
-                        lock(done).push((i, r));
+                        if r.report.status != Status::Ok && !a.inputs.is_empty() {
+                            // The planned list beats the bare input path (shards, directories).
+                            r.report.inputs = inputs_of(&job.spec, &a.inputs);
+                        }
+                        progress.finished(a.index, &r.report);
+                        lock(done).push((a.index, r));
                     }
                 });
             if let Err(e) = spawned {
