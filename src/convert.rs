@@ -1,9 +1,16 @@
 //! One conversion job: source → plan (headers only) → executor → sink. Used by both binaries and the runner.
 
-use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::tensor::DType;
+use sha2::{Digest, Sha256};
+
+use crate::exec::Compute;
+use crate::formats::{self, OutTensor, OutputFormat, WriteOptions};
+use crate::models::{self, HyperParams};
+use crate::ops::{Expr, Plan, PlanItem};
+use crate::tensor::{Checkpoint, DType, TensorInfo};
 
 /// Everything that defines one conversion (a `convert-weight` call or one `[[job]]` of a manifest).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -37,6 +44,8 @@ pub enum ConvertError {
     Exec { tensor: String, msg: String },
     #[error("cancelled")]
     Cancelled,
+    #[error("{path}: {msg}")]
+    Config { path: PathBuf, msg: String },
 }
 
 /// Render an error and all its sources on one line: `a: b: c`.
@@ -102,17 +111,592 @@ pub struct PlanSummary {
 
 /// Plan a job from headers only: opens the inputs, builds the plan, checks it, writes nothing.
 pub fn plan(spec: &JobSpec) -> Result<PlanSummary, ConvertError> {
-    Err(ConvertError::Usage(format!(
-        "{}: conversion engine not implemented yet",
-        spec.input.display()
-    )))
+    Ok(Prepared::new(spec)?.summary())
 }
 
 /// Run a job to completion: the output appears atomically at `spec.output` only when complete.
+/// Takes the output's lock first (waiting while another process holds it).
 pub fn run(spec: &JobSpec, ctl: &RunControl) -> Result<JobOutcome, ConvertError> {
-    let _ = ctl;
-    Err(ConvertError::Usage(format!(
-        "{}: conversion engine not implemented yet",
-        spec.input.display()
-    )))
+    let lock = lock_output(spec)?;
+    run_locked(spec, ctl, &lock)
+}
+
+/// [`run`] for a caller that already holds the output's lock (e.g. to check a fingerprint under it first).
+pub fn run_locked(
+    spec: &JobSpec,
+    ctl: &RunControl,
+    _lock: &OutputLock,
+) -> Result<JobOutcome, ConvertError> {
+    Prepared::new(spec)?.execute(ctl)
+}
+
+/// An exclusive lock on one job's output (a `flock` on a hidden lock file beside it), held until dropped.
+/// Taking it also removes temporary files that a killed earlier run left for this output.
+pub struct OutputLock {
+    _file: std::fs::File,
+    pub path: PathBuf,
+}
+
+/// Take the lock of `spec.output`, waiting while another process holds it.
+pub fn lock_output(spec: &JobSpec) -> Result<OutputLock, ConvertError> {
+    let out = &spec.output;
+    let is_dir = out.as_os_str().to_string_lossy().ends_with('/') || out.is_dir();
+    let (dir, name) = if is_dir {
+        (out.clone(), None)
+    } else {
+        let dir = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        (
+            dir,
+            out.file_name().map(|n| n.to_string_lossy().into_owned()),
+        )
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| formats::FormatError::io(&dir, e))?;
+    let path = dir.join(match &name {
+        Some(n) => format!(".{n}.convert-weight.lock"),
+        None => ".convert-weight.lock".to_string(),
+    });
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| formats::FormatError::io(&path, e))?;
+    flock_exclusive(&file).map_err(|e| formats::FormatError::io(&path, e))?;
+    // Leftovers of a killed run for this output (or, for a directory output, any in it).
+    let prefix = match &name {
+        Some(n) => formats::temp_prefix(n),
+        None => formats::TEMP_PREFIX.to_string(),
+    };
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(OutputLock { _file: file, path })
+}
+
+fn flock_exclusive(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    loop {
+        // SAFETY: flock on a valid, owned file descriptor.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Where and how the output is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Target {
+    format: OutputFormat,
+    path: PathBuf,
+    /// HF sharded layout in the directory `path`.
+    sharded: bool,
+}
+
+/// A planned job: source opened (headers), plan checked, output decided.
+struct Prepared {
+    source: Checkpoint,
+    items: Vec<PlanItem>,
+    outs: Vec<OutTensor>,
+    target: Target,
+    opts: WriteOptions,
+    device: Option<String>,
+    warnings: Vec<String>,
+}
+
+fn usage(msg: impl Into<String>) -> ConvertError {
+    ConvertError::Usage(msg.into())
+}
+
+/// The `config.json` beside the weights, if there is one.
+fn read_config(input: &Path) -> Result<Option<serde_json::Value>, ConvertError> {
+    let dir = if input.is_dir() {
+        input.to_path_buf()
+    } else {
+        input.parent().map(Path::to_path_buf).unwrap_or_default()
+    };
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| ConvertError::Config {
+        path: path.clone(),
+        msg: e.to_string(),
+    })?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| ConvertError::Config {
+            path,
+            msg: format!("not valid JSON: {e}"),
+        })
+}
+
+/// Decide the output format and layout from the output path (and whether this is a forward model conversion).
+fn target(spec: &JobSpec) -> Result<Target, ConvertError> {
+    let out = &spec.output;
+    let to_mindspore = spec.model.is_some() && !spec.reversed;
+    let is_dir = out.as_os_str().to_string_lossy().ends_with('/') || out.is_dir();
+    if is_dir {
+        let format = if to_mindspore {
+            OutputFormat::Ckpt
+        } else {
+            OutputFormat::Safetensors
+        };
+        return Ok(Target {
+            format,
+            path: out.clone(),
+            sharded: true,
+        });
+    }
+    let (format, path) = match OutputFormat::from_extension(out) {
+        Some(f) => (f, out.clone()),
+        // Like the reference: a MindSpore output gets `.ckpt` appended, a reversed one is a torch file.
+        None if to_mindspore => {
+            let mut p = out.clone().into_os_string();
+            p.push(".ckpt");
+            (OutputFormat::Ckpt, PathBuf::from(p))
+        }
+        None if spec.model.is_some() => (OutputFormat::Torch, out.clone()),
+        None => {
+            return Err(usage(format!(
+                "{}: cannot tell the output format: use .ckpt, .bin/.pt/.pth, .safetensors or a directory",
+                out.display()
+            )))
+        }
+    };
+    if spec.max_shard_size.is_some() {
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        return Ok(Target {
+            format,
+            path: dir,
+            sharded: true,
+        });
+    }
+    Ok(Target {
+        format,
+        path,
+        sharded: false,
+    })
+}
+
+/// Refuse to write over an input, or to shard into a directory that holds the inputs.
+fn check_not_overwriting(source: &Checkpoint, target: &Target) -> Result<(), ConvertError> {
+    let canon = |p: &Path| std::fs::canonicalize(p).ok();
+    let inputs: Vec<PathBuf> = source.files.iter().filter_map(|f| canon(f)).collect();
+    let Some(out) = canon(&target.path) else {
+        return Ok(());
+    };
+    if inputs.contains(&out) {
+        return Err(usage(format!(
+            "{}: the output is one of the inputs; refusing to overwrite it",
+            target.path.display()
+        )));
+    }
+    if target.sharded && inputs.iter().any(|i| i.parent() == Some(out.as_path())) {
+        return Err(usage(format!(
+            "{}: the output directory holds the input weights; its shards could overwrite them",
+            target.path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `names[#i]` rendering of an expression for dry runs.
+fn render(expr: &Expr, infos: &[TensorInfo]) -> String {
+    match expr {
+        Expr::Input(i) => infos.get(*i).map_or("?".into(), |t| t.name.clone()),
+        Expr::Reshape(s, shape) => format!("reshape({}, {shape:?})", render(s, infos)),
+        Expr::Narrow {
+            src,
+            dim,
+            start,
+            len,
+        } => format!(
+            "narrow({}, dim={dim}, {start}..{})",
+            render(src, infos),
+            start + len
+        ),
+        Expr::Transpose(s) => format!("transpose({})", render(s, infos)),
+        Expr::Concat(parts, dim) => format!(
+            "concat([{}], dim={dim})",
+            parts
+                .iter()
+                .map(|p| render(p, infos))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Expr::Cast(s, d) => format!("cast({}, {d})", render(s, infos)),
+        Expr::Zeros(shape, d) => format!("zeros({shape:?}, {d})"),
+    }
+}
+
+impl Prepared {
+    fn new(spec: &JobSpec) -> Result<Prepared, ConvertError> {
+        let source = formats::open_model(&spec.input)?;
+        let infos = source.infos();
+        let mut warnings = Vec::new();
+        let plan = match &spec.model {
+            Some(name) => {
+                let family = models::find(name)?;
+                let hp = match read_config(&spec.input)? {
+                    Some(cfg) => HyperParams::from_config(&cfg),
+                    None => HyperParams::default(),
+                }
+                .with_flags(spec.n_head, spec.hidden_size, spec.layers)?;
+                if spec.reversed {
+                    family.reverse(&infos, &hp)?
+                } else {
+                    family.forward(&infos, &hp)?
+                }
+            }
+            None => Plan {
+                items: infos
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| PlanItem::new(t.name.clone(), Expr::Input(i)))
+                    .collect(),
+                dropped: Vec::new(),
+            },
+        };
+        for d in &plan.dropped {
+            warnings.push(format!("dropped '{}': {}", d.name, d.rule));
+        }
+        if !source.others.is_empty() {
+            let names: Vec<&str> = source.others.iter().map(|o| o.name.as_str()).collect();
+            warnings.push(format!(
+                "{} non-tensor entr{} not converted: {}",
+                names.len(),
+                if names.len() == 1 { "y" } else { "ies" },
+                names.join(", ")
+            ));
+        }
+        let mut items = plan.items;
+        if let Some(to) = spec.dtype {
+            if !to.is_float() {
+                return Err(usage(format!("--dtype {to}: only fp32, fp16 and bf16")));
+            }
+            for item in items.iter_mut().filter(|i| !i.pinned_dtype) {
+                let (cur, _) = item.expr.infer(&infos).map_err(|e| ConvertError::Exec {
+                    tensor: item.name.clone(),
+                    msg: e.0,
+                })?;
+                if cur.is_float() && cur != to {
+                    item.expr = item.expr.clone().cast(to);
+                }
+            }
+        }
+        let outs = out_tensors(&source, &items)?;
+        if spec.output.as_os_str().is_empty() {
+            // Planning only (verify): no output.
+            return Ok(Prepared {
+                source,
+                items,
+                outs,
+                target: Target {
+                    format: OutputFormat::Safetensors,
+                    path: PathBuf::new(),
+                    sharded: false,
+                },
+                opts: WriteOptions::default(),
+                device: spec.device.clone(),
+                warnings,
+            });
+        }
+        let target = target(spec)?;
+        check_not_overwriting(&source, &target)?;
+        let to_mindspore = spec.model.is_some() && !spec.reversed;
+        let opts = WriteOptions {
+            metadata: vec![(
+                "format".to_string(),
+                if to_mindspore { "ms" } else { "pt" }.to_string(),
+            )],
+            max_shard_size: spec.max_shard_size,
+            ..WriteOptions::default()
+        };
+        Ok(Prepared {
+            source,
+            items,
+            outs,
+            target,
+            opts,
+            device: spec.device.clone(),
+            warnings,
+        })
+    }
+
+    fn inputs(&self) -> Vec<(PathBuf, u64)> {
+        self.source
+            .files
+            .iter()
+            .map(|f| {
+                (
+                    f.clone(),
+                    std::fs::metadata(f).map(|m| m.len()).unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    fn summary(&self) -> PlanSummary {
+        let infos = self.source.infos();
+        let lines = self
+            .items
+            .iter()
+            .zip(&self.outs)
+            .map(|(item, out)| {
+                format!(
+                    "{} <- {}  {} {:?}",
+                    item.name,
+                    render(&item.expr, &infos),
+                    out.info.dtype,
+                    out.info.shape
+                )
+            })
+            .collect();
+        let out_bytes = self.outs.iter().map(|o| o.info.nbytes() as u64).sum();
+        // Memory the job itself holds: a borrowed tensor costs nothing beyond the map; a computed one holds its
+        // materialised inputs, the candle result and the output buffer, about three times its size.
+        let largest_computed = self
+            .items
+            .iter()
+            .zip(&self.outs)
+            .filter(|(i, _)| i.expr.as_plain_input().is_none())
+            .map(|(_, o)| 3 * o.info.nbytes() as u64)
+            .max()
+            .unwrap_or(0);
+        PlanSummary {
+            inputs: self.inputs(),
+            lines,
+            outputs: self.items.iter().map(|i| i.name.clone()).collect(),
+            out_bytes,
+            peak_bytes: largest_computed + (16 << 20),
+        }
+    }
+
+    fn execute(self, ctl: &RunControl) -> Result<JobOutcome, ConvertError> {
+        let compute = Compute::from_spec(self.device.as_deref()).map_err(|e| usage(e.0))?;
+        let mut writer = if self.target.sharded {
+            formats::sharded::writer(
+                self.target.format,
+                &self.target.path,
+                &self.outs,
+                &self.opts,
+            )?
+        } else {
+            formats::create_single_writer(
+                self.target.format,
+                &self.target.path,
+                &self.outs,
+                &self.opts,
+            )?
+        };
+        let mut hashes: Vec<Option<String>> = vec![None; self.outs.len()];
+        let mut written = 0u64;
+        let mut overflowed = 0u64;
+        let mut read = 0u64;
+        for idx in writer.order() {
+            if ctl.cancel.load(Ordering::Relaxed) {
+                return Err(ConvertError::Cancelled);
+            }
+            let item = &self.items[idx];
+            let out = &self.outs[idx];
+            let exec_err = |msg: String| ConvertError::Exec {
+                tensor: item.name.clone(),
+                msg,
+            };
+            let ev = compute
+                .eval(&item.expr, &self.source.tensors)
+                .map_err(|e| exec_err(e.0))?;
+            if ev.bytes.len() != out.info.nbytes() {
+                return Err(exec_err(format!(
+                    "produced {} bytes, expected {} for {} {:?}",
+                    ev.bytes.len(),
+                    out.info.nbytes(),
+                    out.info.dtype,
+                    out.info.shape
+                )));
+            }
+            if ctl.hash {
+                hashes[idx] = Some(hex(&Sha256::digest(&ev.bytes)));
+            }
+            overflowed += ev.overflowed;
+            read += ev.bytes.len() as u64;
+            writer.write(idx, &ev.bytes)?;
+            written += ev.bytes.len() as u64;
+            (ctl.progress)(written);
+        }
+        let files = writer.finish()?;
+        let mut warnings = self.warnings.clone();
+        if overflowed > 0 {
+            warnings.push(format!(
+                "{overflowed} finite value(s) overflowed to infinity in a narrowing cast"
+            ));
+        }
+        // Tied copies that the writer shared were not evaluated: their hash is their original's.
+        for i in 0..hashes.len() {
+            if hashes[i].is_none() {
+                if let Some(t) = self.outs[i].tied_to {
+                    hashes[i] = hashes[t].clone();
+                }
+            }
+        }
+        let mut outputs = Vec::new();
+        let mut bytes_written = 0;
+        for path in files {
+            let bytes = std::fs::metadata(&path)
+                .map_err(|e| formats::FormatError::io(&path, e))?
+                .len();
+            bytes_written += bytes;
+            let sha256 = if ctl.hash {
+                Some(file_sha256(&path)?)
+            } else {
+                None
+            };
+            outputs.push(OutputFile {
+                path,
+                sha256,
+                bytes,
+            });
+        }
+        let tensors = self
+            .items
+            .iter()
+            .zip(hashes)
+            .map(|(i, h)| (i.name.clone(), h.unwrap_or_default()))
+            .collect();
+        Ok(JobOutcome {
+            inputs: self.inputs(),
+            outputs,
+            tensors,
+            bytes_read: read,
+            bytes_written,
+            warnings,
+        })
+    }
+}
+
+/// Output headers, with tied copies marked: a plain copy of a source tensor already written (or of one it is
+/// tied to) shares that output.
+fn out_tensors(source: &Checkpoint, items: &[PlanItem]) -> Result<Vec<OutTensor>, ConvertError> {
+    let infos = source.infos();
+    let mut first_copy: HashMap<usize, usize> = HashMap::new();
+    let mut seen_names: HashMap<&str, usize> = HashMap::new();
+    let mut outs = Vec::with_capacity(items.len());
+    for (k, item) in items.iter().enumerate() {
+        if let Some(prev) = seen_names.insert(item.name.as_str(), k) {
+            return Err(ConvertError::Exec {
+                tensor: item.name.clone(),
+                msg: format!("the plan writes this name twice (outputs #{prev} and #{k})"),
+            });
+        }
+        let (dtype, shape) = item.expr.infer(&infos).map_err(|e| ConvertError::Exec {
+            tensor: item.name.clone(),
+            msg: e.0,
+        })?;
+        let tied_to = match item.expr {
+            Expr::Input(i) => {
+                let root = source.tensors[i].tied_to.unwrap_or(i);
+                match first_copy.get(&root) {
+                    Some(&o) => Some(o),
+                    None => {
+                        first_copy.insert(root, k);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        outs.push(OutTensor {
+            info: TensorInfo::new(item.name.clone(), dtype, shape),
+            tied_to,
+        });
+    }
+    Ok(outs)
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of a whole file, streamed.
+pub fn file_sha256(path: &Path) -> Result<String, ConvertError> {
+    let map = formats::map_file(path)?;
+    Ok(hex(&Sha256::digest(&map[..])))
+}
+
+/// Parse the user-facing `--dtype` (`fp32`, `fp16`, `bf16`).
+pub fn parse_dtype(s: &str) -> Result<DType, ConvertError> {
+    DType::from_cli(s).ok_or_else(|| usage(format!("--dtype {s}: expected fp32, fp16 or bf16")))
+}
+
+/// One difference found by [`verify`].
+pub type Difference = String;
+
+/// Compare checkpoint `spec.input` — mapped through `spec.model` (and `--dtype`) when given — with the checkpoint
+/// at `expected`, tensor by tensor. Returns the differences (empty when identical).
+pub fn verify(spec: &JobSpec, expected: &Path) -> Result<Vec<Difference>, ConvertError> {
+    let mut spec = spec.clone();
+    spec.output = PathBuf::new();
+    let prepared = Prepared::new(&spec)?;
+    let other = formats::open_model(expected)?;
+    let compute = Compute::from_spec(spec.device.as_deref()).map_err(|e| usage(e.0))?;
+    let mut diffs = Vec::new();
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
+    for (k, t) in other.tensors.iter().enumerate() {
+        by_name.insert(t.info.name.as_str(), k);
+    }
+    for (item, out) in prepared.items.iter().zip(&prepared.outs) {
+        let Some(&k) = by_name.get(item.name.as_str()) else {
+            diffs.push(format!("{}: only in {}", item.name, spec.input.display()));
+            continue;
+        };
+        by_name.remove(item.name.as_str());
+        let theirs = &other.tensors[k];
+        if theirs.info.dtype != out.info.dtype || theirs.info.shape != out.info.shape {
+            diffs.push(format!(
+                "{}: {} {:?} vs {} {:?}",
+                item.name, out.info.dtype, out.info.shape, theirs.info.dtype, theirs.info.shape
+            ));
+            continue;
+        }
+        let ours = compute
+            .eval(&item.expr, &prepared.source.tensors)
+            .map_err(|e| ConvertError::Exec {
+                tensor: item.name.clone(),
+                msg: e.0,
+            })?;
+        let theirs = theirs.data.bytes();
+        if ours.bytes.as_ref() != theirs.as_ref() {
+            let elem = out.info.dtype.size().max(1);
+            let differing = ours
+                .bytes
+                .chunks(elem)
+                .zip(theirs.chunks(elem))
+                .filter(|(a, b)| a != b)
+                .count();
+            diffs.push(format!(
+                "{}: values differ in {differing} of {} elements",
+                item.name,
+                out.info.numel()
+            ));
+        }
+    }
+    let mut rest: Vec<&str> = by_name.into_keys().collect();
+    rest.sort_unstable();
+    for name in rest {
+        diffs.push(format!("{name}: only in {}", expected.display()));
+    }
+    Ok(diffs)
 }

@@ -5,9 +5,11 @@
 //! [`runner`] (many jobs; knows neither formats nor models).
 
 pub mod convert;
+pub mod exec;
 pub mod fingerprint;
 pub mod formats;
 pub mod golden;
+pub mod inspect;
 pub mod manifest;
 pub mod models;
 pub mod ops;

@@ -272,6 +272,10 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
     if out.as_os_str().is_empty() {
         out.push(".");
     }
+    // A trailing separator asks for a directory output: keep it.
+    if p.ends_with('/') || p.ends_with(std::path::MAIN_SEPARATOR) {
+        out.push("");
+    }
     out
 }
 
@@ -560,7 +564,7 @@ max_shard_size = "2GiB"
 
 [[job]]
 input = "/abs/in.safetensors"
-output = "b.ckpt"
+output = "hf/"
 reversed = true
 n_head = 4
 "#,
@@ -578,7 +582,8 @@ n_head = 4
         assert_eq!(a.spec.device.as_deref(), Some("cuda:1"));
         assert_eq!(a.spec.max_shard_size, Some(2 << 30));
         let b = &m.jobs[1];
-        assert_eq!(b.name, "/abs/in.safetensors -> b.ckpt");
+        assert_eq!(b.name, "/abs/in.safetensors -> hf/");
+        assert_eq!(b.spec.output.as_os_str(), "/base/hf/");
         assert_eq!(b.line, 15);
         assert_eq!(b.spec.input, PathBuf::from("/abs/in.safetensors"));
         assert_eq!(b.spec.dtype, Some(DType::F16));

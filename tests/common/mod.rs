@@ -1,0 +1,122 @@
+//! Shared helpers for integration tests: the fixture oracle and running the real binaries.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// `../shared/fixtures` relative to the repo root, if present.
+pub fn fixtures() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    if p.is_dir() {
+        Some(p)
+    } else {
+        eprintln!("note: {} not found; fixture tests skipped", p.display());
+        None
+    }
+}
+
+/// One tensor as a sidecar (or `inspect --json --hash`) lists it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct T {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub sha256: String,
+}
+
+pub fn tensors_of(doc: &Value) -> Vec<T> {
+    doc["tensors"]
+        .as_array()
+        .expect("tensors array")
+        .iter()
+        .map(|t| T {
+            name: t["name"].as_str().unwrap().to_string(),
+            dtype: t["dtype"].as_str().unwrap().to_string(),
+            shape: t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect(),
+            sha256: t["sha256"].as_str().unwrap_or("").to_string(),
+        })
+        .collect()
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Tensors of a fixture's sidecar.
+pub fn sidecar(file: &Path) -> Vec<T> {
+    let mut p = file.as_os_str().to_owned();
+    p.push(".tensors.json");
+    tensors_of(&read_json(Path::new(&p)))
+}
+
+/// Every `*.tensors.json` under `dir`, as the data file it describes.
+pub fn sidecar_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(s) = p.to_str().and_then(|s| s.strip_suffix(".tensors.json")) {
+                out.push(PathBuf::from(s));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "convert-weight" => PathBuf::from(env!("CARGO_BIN_EXE_convert-weight")),
+        "convert-batch" => PathBuf::from(env!("CARGO_BIN_EXE_convert-batch")),
+        other => panic!("no binary {other}"),
+    }
+}
+
+pub fn run(name: &str, args: &[&str]) -> Output {
+    Command::new(bin(name))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+pub fn cw(args: &[&str]) -> Output {
+    run("convert-weight", args)
+}
+
+/// Run convert-weight and require success.
+pub fn cw_ok(args: &[&str]) -> String {
+    let out = cw(args);
+    assert!(
+        out.status.success(),
+        "convert-weight {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `inspect --json --hash` of a path.
+pub fn inspect(path: &Path) -> Vec<T> {
+    let out = cw_ok(&["inspect", path.to_str().unwrap(), "--json", "--hash"]);
+    tensors_of(&serde_json::from_str(&out).expect("inspect prints one JSON object"))
+}
+
+pub fn sorted(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+/// Path as &str.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

@@ -1,0 +1,58 @@
+//! Every fixture file read through `inspect --json --hash` gives its sidecar's tensors; every fixture converted to
+//! each other format (pure format conversion) reads back identical.
+
+mod common;
+use common::*;
+
+#[test]
+fn inspect_matches_every_sidecar() {
+    let Some(fx) = fixtures() else { return };
+    let files = sidecar_files(&fx);
+    assert!(
+        files.len() > 100,
+        "expected the whole fixture tree, found {}",
+        files.len()
+    );
+    for f in files {
+        let ours = inspect(&f);
+        let theirs = sidecar(&f);
+        assert_eq!(ours, theirs, "{}", f.display());
+    }
+}
+
+#[test]
+fn pure_conversion_to_every_format_reads_back_identical() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    for (k, f) in sidecar_files(&fx).into_iter().enumerate() {
+        let want = sorted(sidecar(&f));
+        for ext in ["ckpt", "bin", "safetensors"] {
+            let out = tmp.path().join(format!("{k}.{ext}"));
+            cw_ok(&["--input_path", s(&f), "--output_path", s(&out)]);
+            assert_eq!(sorted(inspect(&out)), want, "{} -> .{ext}", f.display());
+        }
+    }
+}
+
+#[test]
+fn ckpt_fixtures_rewrite_byte_identical() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    for f in sidecar_files(&fx) {
+        if f.extension().and_then(|e| e.to_str()) != Some("ckpt")
+            || f.to_str().unwrap().contains("ms_sliced")
+        {
+            continue;
+        }
+        let out = tmp.path().join("x.ckpt");
+        cw_ok(&["--input_path", s(&f), "--output_path", s(&out)]);
+        let mut side = f.as_os_str().to_owned();
+        side.push(".tensors.json");
+        let want = read_json(std::path::Path::new(&side))["file_sha256"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let got = convert_weight::convert::file_sha256(&out).unwrap();
+        assert_eq!(got, want, "{}", f.display());
+    }
+}
