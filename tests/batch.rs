@@ -72,7 +72,11 @@ impl Work {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("in");
         std::fs::create_dir_all(&input).unwrap();
-        for f in ["dtypes.safetensors", "ms_dtypes.ckpt", "ms_sliced_rows.ckpt"] {
+        for f in [
+            "dtypes.safetensors",
+            "ms_dtypes.ckpt",
+            "ms_sliced_rows.ckpt",
+        ] {
             std::fs::copy(fx.join(f), input.join(f)).unwrap();
         }
         write_safetensors(
@@ -169,12 +173,15 @@ fn all(names: &[&str], status: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Every output file under `dir/out`, sorted, with contents (fingerprint records left out).
+/// Every output file under `dir/out`, sorted, with contents (fingerprint records and hidden lock files left out).
 fn outputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("out"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| !p.to_string_lossy().ends_with(".cw-fingerprint.json"))
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            !n.ends_with(".cw-fingerprint.json") && !n.starts_with('.')
+        })
         .map(|p| {
             (
                 p.file_name().unwrap().to_string_lossy().into_owned(),
@@ -199,7 +206,10 @@ fn corrupt_input_fails_only_its_job() {
     let jobs = r["jobs"].as_array().unwrap();
     let corrupt = &jobs[5];
     assert!(
-        corrupt["error"].as_str().unwrap().contains("corrupt.safetensors"),
+        corrupt["error"]
+            .as_str()
+            .unwrap()
+            .contains("corrupt.safetensors"),
         "the error names the file: {corrupt}"
     );
     assert_eq!(r["summary"]["ok"], 5);
@@ -260,7 +270,11 @@ fn reruns_skip_and_touching_an_input_reruns_only_its_jobs() {
     let want: Vec<(String, String)> = GOOD
         .iter()
         .map(|n| {
-            let s = if n.starts_with("st2") { "ok" } else { "skipped" };
+            let s = if n.starts_with("st2") {
+                "ok"
+            } else {
+                "skipped"
+            };
             (n.to_string(), s.to_string())
         })
         .collect();
@@ -353,26 +367,47 @@ fn shards_cover_every_job_once_and_merge() {
 
     let o = batch(
         w.path(),
-        &["merge-reports", "s1.json", "s2.json", "s3.json", "-o", "all.json"],
+        &[
+            "merge-reports",
+            "s1.json",
+            "s2.json",
+            "s3.json",
+            "-o",
+            "all.json",
+        ],
     );
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
     let all = w.report("all.json");
     assert_eq!(all["summary"]["jobs"], 6);
     // The same report twice: duplicate job names.
-    let o = batch(w.path(), &["merge-reports", "all.json", "s1.json", "-o", "x.json"]);
+    let o = batch(
+        w.path(),
+        &["merge-reports", "all.json", "s1.json", "-o", "x.json"],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("is in both"));
 
     // auto/N reads the index from the environment (0-based).
     let o = Command::new(env!("CARGO_BIN_EXE_convert-batch"))
         .current_dir(w.path())
-        .args(["m.toml", "--no-progress", "--shard", "auto/3", "--report", "a.json", "--dry-run"])
+        .args([
+            "m.toml",
+            "--no-progress",
+            "--shard",
+            "auto/3",
+            "--report",
+            "a.json",
+            "--dry-run",
+        ])
         .env("JOB_COMPLETION_INDEX", "1")
         .env_remove("SLURM_ARRAY_TASK_ID")
         .output()
         .unwrap();
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
-    let s2: Vec<String> = statuses(&w.report("s2.json")).into_iter().map(|s| s.0).collect();
+    let s2: Vec<String> = statuses(&w.report("s2.json"))
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
     let stdout = String::from_utf8_lossy(&o.stdout);
     for n in &want {
         assert_eq!(
@@ -427,5 +462,9 @@ fn plain_progress_lines_when_stderr_is_not_a_terminal() {
     assert!(err.contains("convert-batch: [6/6]"), "{err}");
     assert!(err.contains("failed corrupt"), "{err}");
     let o = batch(w.path(), &["m.toml", "--jobs", "1", "--no-progress"]);
-    assert!(String::from_utf8_lossy(&o.stderr).is_empty(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).is_empty(),
+        "{}",
+        text(&o)
+    );
 }
