@@ -379,6 +379,28 @@ fn shards_cover_every_job_once_and_merge() {
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
     let all = w.report("all.json");
     assert_eq!(all["summary"]["jobs"], 6);
+    // A shard that never reported: its jobs are added as failed when the manifest is given.
+    let o = batch(
+        w.path(),
+        &[
+            "merge-reports",
+            "s1.json",
+            "s3.json",
+            "-o",
+            "part.json",
+            "--manifest",
+            "m.toml",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let part = w.report("part.json");
+    assert_eq!(part["summary"]["jobs"], 6);
+    let s2 = statuses(&w.report("s2.json"));
+    for (name, status) in statuses(&part) {
+        if s2.iter().any(|s| s.0 == name) {
+            assert_eq!(status, "failed", "{name}");
+        }
+    }
     // The same report twice: duplicate job names.
     let o = batch(
         w.path(),

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 use convert_weight::golden::Golden;
 use convert_weight::manifest::{parse_memory_budget, Manifest};
-use convert_weight::report::{Report, Status};
+use convert_weight::report::{JobReport, Report, Status};
 use convert_weight::runner::{self, Engine, Options, ProgressMode, Shard};
 
 #[derive(Parser, Debug)]
@@ -44,6 +44,10 @@ enum Cmd {
         /// Also write JUnit XML of the merged report.
         #[arg(long)]
         junit: Option<PathBuf>,
+        /// The manifest the shards ran: its jobs missing from every report are added as failed (a shard that
+        /// never reported).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
     },
 }
 
@@ -150,7 +154,12 @@ fn write_outputs(report: &Report, json: Option<&Path>, junit: Option<&Path>) -> 
     ok
 }
 
-fn merge(reports: &[PathBuf], output: &Path, junit: Option<&Path>) -> ExitCode {
+fn merge(
+    reports: &[PathBuf],
+    output: &Path,
+    junit: Option<&Path>,
+    manifest: Option<&Path>,
+) -> ExitCode {
     let mut read = Vec::with_capacity(reports.len());
     for p in reports {
         match Report::read(p) {
@@ -158,10 +167,39 @@ fn merge(reports: &[PathBuf], output: &Path, junit: Option<&Path>) -> ExitCode {
             Err(e) => return usage(e),
         }
     }
-    let merged = match Report::merge(read) {
+    let mut merged = match Report::merge(read) {
         Ok(m) => m,
         Err(e) => return usage(e),
     };
+    if let Some(mp) = manifest {
+        let m = match Manifest::load(mp) {
+            Ok(m) => m,
+            Err(e) => return usage(e),
+        };
+        let mut jobs = std::mem::take(&mut merged.jobs);
+        for j in &m.jobs {
+            if !jobs.iter().any(|r| r.name == j.name) {
+                jobs.push(JobReport {
+                    name: j.name.clone(),
+                    model: j.spec.model.clone(),
+                    reversed: j.spec.reversed,
+                    status: Status::Failed,
+                    inputs: Vec::new(),
+                    outputs: Vec::new(),
+                    tensors: 0,
+                    bytes_read: 0,
+                    bytes_written: 0,
+                    seconds: 0.0,
+                    peak_rss_bytes: None,
+                    warnings: Vec::new(),
+                    error: Some(
+                        "in the manifest but in no shard report (did a shard not finish?)".into(),
+                    ),
+                });
+            }
+        }
+        merged = Report::new(jobs);
+    }
     print!("{}", merged.to_table());
     if !write_outputs(&merged, Some(output), junit) {
         return ExitCode::from(2);
@@ -287,7 +325,8 @@ fn main() -> ExitCode {
             reports,
             output,
             junit,
-        }) => merge(&reports, &output, junit.as_deref()),
+            manifest,
+        }) => merge(&reports, &output, junit.as_deref(), manifest.as_deref()),
         None => run(cli.run),
     }
 }
