@@ -41,11 +41,28 @@ pub enum ExecError {
 pub trait Executor: Sync {
     /// Plan from headers only (used for dry runs and memory admission).
     fn plan(&self, spec: &JobSpec) -> Result<PlanSummary, String>;
-    /// Run to completion; outputs appear atomically.
-    fn run(&self, spec: &JobSpec, ctl: &RunControl) -> Result<JobOutcome, ExecError>;
+    /// Take the exclusive lock of the job's output (waiting while another process holds it), held until the guard
+    /// drops. The runner checks the fingerprint again and runs the job under it, so two `convert-batch` processes
+    /// never convert one output at once. Default: no lock.
+    fn lock_output(&self, spec: &JobSpec) -> Result<OutputGuard, String> {
+        let _ = spec;
+        Ok(OutputGuard::default())
+    }
+    /// Run to completion while holding `guard` (from [`lock_output`](Self::lock_output)); outputs appear
+    /// atomically.
+    fn run(
+        &self,
+        spec: &JobSpec,
+        ctl: &RunControl,
+        guard: &OutputGuard,
+    ) -> Result<JobOutcome, ExecError>;
 }
 
-/// The real engine: [`convert::plan`] and [`convert::run`].
+/// An executor's output lock (opaque to the runner), released when dropped.
+#[derive(Default)]
+pub struct OutputGuard(pub Option<Box<dyn Any + Send>>);
+
+/// The real engine: [`convert::plan`], [`convert::lock_output`] and [`convert::run_locked`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Engine;
 
@@ -53,8 +70,25 @@ impl Executor for Engine {
     fn plan(&self, spec: &JobSpec) -> Result<PlanSummary, String> {
         convert::plan(spec).map_err(|e| convert::error_chain(&e))
     }
-    fn run(&self, spec: &JobSpec, ctl: &RunControl) -> Result<JobOutcome, ExecError> {
-        convert::run(spec, ctl).map_err(|e| match e {
+    fn lock_output(&self, spec: &JobSpec) -> Result<OutputGuard, String> {
+        let lock = convert::lock_output(spec).map_err(|e| convert::error_chain(&e))?;
+        Ok(OutputGuard(Some(Box::new(lock))))
+    }
+    fn run(
+        &self,
+        spec: &JobSpec,
+        ctl: &RunControl,
+        guard: &OutputGuard,
+    ) -> Result<JobOutcome, ExecError> {
+        let held = guard
+            .0
+            .as_ref()
+            .and_then(|g| g.downcast_ref::<convert::OutputLock>());
+        let ran = match held {
+            Some(lock) => convert::run_locked(spec, ctl, lock),
+            None => convert::run(spec, ctl),
+        };
+        ran.map_err(|e| match e {
             ConvertError::Cancelled => ExecError::Cancelled,
             e => ExecError::Failed(convert::error_chain(&e)),
         })
@@ -105,6 +139,16 @@ pub struct Options {
     pub progress: ProgressMode,
     /// Set to stop: running jobs stop between tensors, waiting ones do not start.
     pub cancel: Arc<AtomicBool>,
+}
+
+impl Options {
+    /// How hard the fingerprint check looks under these options.
+    fn check_options(&self) -> CheckOptions {
+        CheckOptions {
+            verify: self.verify_outputs,
+            need_tensor_hashes: self.need_tensor_hashes,
+        }
+    }
 }
 
 impl Default for Options {
@@ -579,11 +623,7 @@ fn prepare(job: &BatchJob, exec: &dyn Executor, opts: &Options) -> Prepared {
         ));
     }
     if !opts.force {
-        let c = CheckOptions {
-            verify: opts.verify_outputs,
-            need_tensor_hashes: opts.need_tensor_hashes,
-        };
-        if let Freshness::UpToDate(fp) = fingerprint::check(&job.spec, c) {
+        if let Freshness::UpToDate(fp) = fingerprint::check(&job.spec, opts.check_options()) {
             return Prepared::Done(golden_check(skipped(job, *fp), opts.check.as_ref()));
         }
     }
@@ -616,6 +656,20 @@ fn execute(
     if solo {
         reset_peak_rss();
     }
+    let guard = match catch_unwind(AssertUnwindSafe(|| exec.lock_output(&job.spec))) {
+        Ok(Ok(g)) => g,
+        Ok(Err(e)) => return failed(job, Status::Failed, e, secs(t)),
+        Err(p) => {
+            let msg = format!("panic while locking the output: {}", panic_message(&*p));
+            return failed(job, Status::Failed, msg, secs(t));
+        }
+    };
+    // Another process may have converted it while this one waited for the lock.
+    if !opts.force {
+        if let Freshness::UpToDate(fp) = fingerprint::check(&job.spec, opts.check_options()) {
+            return golden_check(skipped(job, *fp), opts.check.as_ref());
+        }
+    }
     // The old record no longer describes what the output will be.
     let mut warnings = Vec::new();
     if let Err(e) = fingerprint::remove(&job.spec) {
@@ -626,7 +680,7 @@ fn execute(
         progress,
         hash: true,
     };
-    let ran = catch_unwind(AssertUnwindSafe(|| exec.run(&job.spec, &ctl)));
+    let ran = catch_unwind(AssertUnwindSafe(|| exec.run(&job.spec, &ctl, &guard)));
     let seconds = secs(t);
     let outcome = match ran {
         Ok(Ok(o)) => o,
@@ -814,11 +868,7 @@ pub fn dry_run(
                 let fresh = if opts.force {
                     Some("--force".to_string())
                 } else {
-                    let c = CheckOptions {
-                        verify: opts.verify_outputs,
-                        need_tensor_hashes: opts.need_tensor_hashes,
-                    };
-                    match fingerprint::check(&j.spec, c) {
+                    match fingerprint::check(&j.spec, opts.check_options()) {
                         Freshness::UpToDate(_) => None,
                         Freshness::Stale(why) => Some(why),
                     }
@@ -917,7 +967,12 @@ mod tests {
             })
         }
 
-        fn run(&self, spec: &JobSpec, ctl: &RunControl) -> Result<JobOutcome, ExecError> {
+        fn run(
+            &self,
+            spec: &JobSpec,
+            ctl: &RunControl,
+            _guard: &OutputGuard,
+        ) -> Result<JobOutcome, ExecError> {
             let s = stem(spec);
             let peak = self.peaks.get(&s).copied().unwrap_or(1);
             {
