@@ -1191,7 +1191,7 @@ fn batch_case(
         let make = || {
             let mut c = Command::new(cb);
             c.arg(&manifest)
-                .args(["--jobs", &j.to_string()])
+                .args(["--jobs", &j.to_string(), "--force", "--no-progress"])
                 .args(["--memory-budget", &args.memory_budget]);
             c
         };
