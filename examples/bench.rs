@@ -65,6 +65,10 @@ struct Args {
     /// `--memory-budget` passed to `convert-batch`.
     #[arg(long, default_value = "4GiB")]
     memory_budget: String,
+    /// Only generate the inputs (the benchmark runs this in a child process, so that its own peak memory does not
+    /// show in the children's `ru_maxrss`).
+    #[arg(long, hide = true)]
+    generate_only: bool,
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -453,8 +457,8 @@ fn measure(mut cmd: Command, log: &Path) -> Result<Outcome, String> {
     Ok(Outcome {
         sample: Sample {
             secs,
-            // ru_maxrss also counts the pages the child shared with this process before exec: prefer the
-            // sampled VmHWM of the new image when there is one.
+            // ru_maxrss starts at this process's own peak (a spawned child shares its memory until exec): the
+            // inputs are generated in another process so that this one stays at a few MiB.
             maxrss_kb: if hwm_kb > 0 {
                 hwm_kb
             } else {
@@ -489,36 +493,64 @@ struct Stat {
     anon_kb: u64,
 }
 
-/// Run a case: one untimed warm-up, then `runs` timed runs. `make` builds the command; `cleanup` removes outputs.
+/// `cp` of a case's input, run right before each run of the case so that both see the same machine load.
+struct Baseline {
+    src: PathBuf,
+    dst: PathBuf,
+}
+
+/// The paired baseline's figures: `cp` alone, and `cp` followed by an fsync of the copy.
+struct BaselineStat {
+    cp: Stat,
+    cp_fsync: f64,
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Run a case: one untimed warm-up, then `runs` timed runs (each after a timed `cp` of the input when `baseline`
+/// is given). `make` builds the command; `cleanup` removes its outputs.
 fn bench_case(
     runs: usize,
     logs: &Path,
     label: &str,
     make: &dyn Fn() -> Command,
     cleanup: &dyn Fn(),
-) -> Result<Stat, String> {
+    baseline: Option<&Baseline>,
+) -> Result<(Stat, Option<BaselineStat>), String> {
+    let stem = label.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
     let mut samples = Vec::new();
+    let mut cps = Vec::new();
+    let mut cp_fsyncs = Vec::new();
     for k in 0..=runs {
+        if let Some(b) = baseline {
+            let _ = fs::remove_file(&b.dst);
+            sync_all();
+            let mut c = Command::new("cp");
+            c.arg(&b.src).arg(&b.dst);
+            let o = measure(c, &logs.join(format!("{stem}.cp.{k}.log")))?;
+            if !o.ok {
+                return Err(format!("cp {}: failed: {}", b.src.display(), last_lines(&o.log, 4)));
+            }
+            let t0 = Instant::now();
+            let synced = fs::File::open(&b.dst).and_then(|f| f.sync_all());
+            let fsync = t0.elapsed().as_secs_f64();
+            let _ = fs::remove_file(&b.dst);
+            if k > 0 {
+                if synced.is_ok() {
+                    cp_fsyncs.push(o.sample.secs + fsync);
+                }
+                cps.push(o.sample);
+            }
+        }
         cleanup();
         sync_all();
-        let log = logs.join(format!(
-            "{}.{k}.log",
-            label.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-        ));
-        let o = measure(make(), &log)?;
+        let o = measure(make(), &logs.join(format!("{stem}.{k}.log")))?;
         if !o.ok {
             cleanup();
-            let tail: String = o
-                .log
-                .lines()
-                .rev()
-                .take(8)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
-            return Err(format!("{label}: failed:\n{tail}"));
+            return Err(format!("{label}: failed:\n{}", last_lines(&o.log, 8)));
         }
         if k > 0 {
             samples.push(o.sample);
@@ -526,11 +558,16 @@ fn bench_case(
     }
     cleanup();
     sync_all();
-    Ok(Stat {
-        secs: median(samples.iter().map(|s| s.secs).collect()),
-        maxrss_kb: samples.iter().map(|s| s.maxrss_kb).max().unwrap_or(0),
-        anon_kb: samples.iter().map(|s| s.anon_kb).max().unwrap_or(0),
-    })
+    let stat = |v: &[Sample]| Stat {
+        secs: median(v.iter().map(|s| s.secs).collect()),
+        maxrss_kb: v.iter().map(|s| s.maxrss_kb).max().unwrap_or(0),
+        anon_kb: v.iter().map(|s| s.anon_kb).max().unwrap_or(0),
+    };
+    let base = baseline.map(|_| BaselineStat {
+        cp: stat(&cps),
+        cp_fsync: median(cp_fsyncs),
+    });
+    Ok((stat(&samples), base))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -541,8 +578,10 @@ struct Row {
     case: String,
     input_bytes: u64,
     stat: Stat,
-    /// Seconds of `cp` of the same input (None: not a conversion).
+    /// Median seconds of `cp` of the same input, run before each run of the case (None: not a conversion).
     cp: Option<f64>,
+    /// The same with an fsync of the copy (our writers fsync before renaming into place).
+    cp_fsync: Option<f64>,
     largest: u64,
     /// What the issue asks: (max ratio to cp or max seconds, memory bound in bytes).
     target: Target,
@@ -786,7 +825,9 @@ fn run(args: Args) -> Result<bool, String> {
     if args.runs == 0 {
         return Err("--runs must be at least 1".into());
     }
-    build_bins();
+    if !args.generate_only {
+        build_bins();
+    }
     let bins = bin_dir(&args.bin);
     let cw = find_bin(&bins, "convert-weight").ok_or_else(|| {
         format!(
@@ -814,17 +855,39 @@ fn run(args: Args) -> Result<bool, String> {
     let load_start = loadavg();
     let mut notes: Vec<String> = Vec::new();
 
-    // Inputs.
+    // Inputs: generated in a child process (a child's ru_maxrss starts at its parent's peak).
+    let missing = INPUTS.iter().any(|d| {
+        !cache
+            .join(format!("{}-L{}", d.key, layers_for(d.layout, size)))
+            .join(".complete")
+            .exists()
+    });
+    if args.generate_only {
+        for def in INPUTS {
+            if let Err(e) = ensure_input(&cache, def, size) {
+                eprintln!("skipped: {e}");
+            }
+        }
+        return Ok(true);
+    }
+    if missing {
+        let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        let status = Command::new(me)
+            .args(std::env::args_os().skip(1))
+            .arg("--generate-only")
+            .status()
+            .map_err(|e| format!("cannot run the input generator: {e}"))?;
+        if !status.success() {
+            return Err(format!("the input generator failed ({status})"));
+        }
+    }
     let mut inputs: BTreeMap<&'static str, Input> = BTreeMap::new();
     for def in INPUTS {
         match ensure_input(&cache, def, size) {
             Ok(i) => {
                 inputs.insert(def.key, i);
             }
-            Err(e) => {
-                eprintln!("skipped");
-                notes.push(format!("input {} not generated: {e}", def.key));
-            }
+            Err(e) => notes.push(format!("input {} not generated: {e}", def.key)),
         }
     }
     let llama = has_model(&cw, "llama");
@@ -941,80 +1004,14 @@ fn run(args: Args) -> Result<bool, String> {
 
     let mut rows: Vec<Row> = Vec::new();
     let mut failed = false;
-    let mut cp_secs: BTreeMap<&'static str, (f64, Stat)> = BTreeMap::new();
     let runs = args.runs;
-
-    let mut cp_of =
-        |key: &'static str, input: &Input, rows: &mut Vec<Row>| -> Result<f64, String> {
-            if let Some((t, _)) = cp_secs.get(key) {
-                return Ok(*t);
-            }
-            let dst = out_dir.join(format!(
-                "cp-{}",
-                input
-                    .path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("x")
-            ));
-            let src = input.path.clone();
-            let d2 = dst.clone();
-            let stat = bench_case(
-                runs,
-                &logs,
-                &format!("cp {key}"),
-                &|| {
-                    let mut c = Command::new("cp");
-                    c.arg(&src).arg(&d2);
-                    c
-                },
-                &|| {
-                    let _ = fs::remove_file(&dst);
-                },
-            )?;
-            // cp + fsync, for reference: our writers fsync before renaming into place.
-            let mut fs_times = Vec::new();
-            for _ in 0..runs {
-                let _ = fs::remove_file(&dst);
-                sync_all();
-                let t0 = Instant::now();
-                let ok = Command::new("cp")
-                    .arg(&input.path)
-                    .arg(&dst)
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false);
-                let synced = fs::File::open(&dst).and_then(|f| f.sync_all()).is_ok();
-                if ok && synced {
-                    fs_times.push(t0.elapsed().as_secs_f64());
-                }
-            }
-            let _ = fs::remove_file(&dst);
-            sync_all();
-            let t = stat.secs;
-            rows.push(Row {
-                case: format!("cp {key} (baseline)"),
-                input_bytes: input.bytes,
-                stat: stat.clone(),
-                cp: None,
-                largest: input.largest,
-                target: Target::None,
-            });
-            if !fs_times.is_empty() {
-                let mut s2 = stat.clone();
-                s2.secs = median(fs_times);
-                rows.push(Row {
-                    case: format!("cp + fsync {key} (reference)"),
-                    input_bytes: input.bytes,
-                    stat: s2,
-                    cp: None,
-                    largest: input.largest,
-                    target: Target::None,
-                });
-            }
-            cp_secs.insert(key, (t, stat));
-            Ok(t)
-        };
+    let baseline_of = |input: &Input| Baseline {
+        src: input.path.clone(),
+        dst: out_dir.join(format!(
+            "cp-{}",
+            input.path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+        )),
+    };
 
     for case in cases.iter().filter(|c| wanted(&c.name)) {
         let Some(input) = inputs.get(case.input) else {
@@ -1024,7 +1021,7 @@ fn run(args: Args) -> Result<bool, String> {
             ));
             continue;
         };
-        let cp = cp_of(case.input, input, &mut rows)?;
+        let baseline = baseline_of(input);
         let out = out_dir.join(case.out);
         let mut a = case.args.clone();
         dev(&mut a);
@@ -1041,12 +1038,13 @@ fn run(args: Args) -> Result<bool, String> {
         let clean = || {
             let _ = fs::remove_file(&out);
         };
-        match bench_case(runs, &logs, &case.name, &make, &clean) {
-            Ok(stat) => rows.push(Row {
+        match bench_case(runs, &logs, &case.name, &make, &clean, Some(&baseline)) {
+            Ok((stat, base)) => rows.push(Row {
                 case: case.name.clone(),
                 input_bytes: input.bytes,
                 stat,
-                cp: Some(cp),
+                cp: base.as_ref().map(|b| b.cp.secs),
+                cp_fsync: base.as_ref().map(|b| b.cp_fsync),
                 largest: input.largest,
                 target: Target::Convert(case.ratio),
             }),
@@ -1076,12 +1074,13 @@ fn run(args: Args) -> Result<bool, String> {
             c.arg("inspect").arg(&input.path);
             c
         };
-        match bench_case(runs, &logs, &name, &make, &|| {}) {
-            Ok(stat) => rows.push(Row {
+        match bench_case(runs, &logs, &name, &make, &|| {}, None) {
+            Ok((stat, _)) => rows.push(Row {
                 case: name,
                 input_bytes: input.bytes,
                 stat,
                 cp: None,
+                cp_fsync: None,
                 largest: input.largest,
                 target: Target::Inspect(0.05, 64),
             }),
@@ -1105,22 +1104,11 @@ fn run(args: Args) -> Result<bool, String> {
 
     // Python way.
     if wanted("python") {
-        let cps = cp_secs_of(&rows);
-        python_case(&args, &inputs, &out_dir, &logs, &mut rows, &mut notes, &cps);
+        python_case(&args, &inputs, &out_dir, &logs, &mut rows, &mut notes);
     }
 
     print_table(&args, size, &inputs, &rows, &notes, &load_start);
     Ok(!failed)
-}
-
-/// cp seconds per input key, from the baseline rows.
-fn cp_secs_of(rows: &[Row]) -> BTreeMap<String, f64> {
-    rows.iter()
-        .filter_map(|r| {
-            let key = r.case.strip_prefix("cp ")?.strip_suffix(" (baseline)")?;
-            Some((key.to_string(), r.stat.secs))
-        })
-        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1198,14 +1186,15 @@ fn batch_case(
         let clean = || {
             let _ = fs::remove_dir_all(&batch_dir);
         };
-        match bench_case(args.runs, logs, &format!("batch jobs {j}"), &make, &clean) {
-            Ok(stat) => {
+        match bench_case(args.runs, logs, &format!("batch jobs {j}"), &make, &clean, None) {
+            Ok((stat, _)) => {
                 secs.push(stat.secs);
                 rows.push(Row {
                     case: format!("batch of 4 jobs, --jobs {j}"),
                     input_bytes: total,
                     stat,
                     cp: None,
+                    cp_fsync: None,
                     largest,
                     target: Target::None,
                 });
@@ -1239,7 +1228,6 @@ fn python_case(
     logs: &Path,
     rows: &mut Vec<Row>,
     notes: &mut Vec<String>,
-    cps: &BTreeMap<String, f64>,
 ) {
     let py = args
         .python
@@ -1272,8 +1260,12 @@ fn python_case(
     let clean = || {
         let _ = fs::remove_file(&out);
     };
-    match bench_case(args.runs, logs, "python", &make, &clean) {
-        Ok(stat) => {
+    let baseline = Baseline {
+        src: input.path.clone(),
+        dst: out_dir.join("cp-python-input"),
+    };
+    match bench_case(args.runs, logs, "python", &make, &clean, Some(&baseline)) {
+        Ok((stat, base)) => {
             let ours = rows
                 .iter()
                 .find(|r| r.case.starts_with("llama torch .bin → .ckpt"))
@@ -1297,7 +1289,8 @@ fn python_case(
                 case: "Python: torch.load + ckpt writer (llama .bin)".into(),
                 input_bytes: input.bytes,
                 stat,
-                cp: cps.get("llama-f16-bin").copied(),
+                cp: base.as_ref().map(|b| b.cp.secs),
+                cp_fsync: base.as_ref().map(|b| b.cp_fsync),
                 largest: input.largest,
                 target: Target::None,
             });
@@ -1336,8 +1329,11 @@ fn print_table(
     }
     let _ = size;
     println!();
-    println!("| case | s (median of {}) | GB/s | × cp | peak RSS (VmHWM) | peak anon | anon / largest | target | result |", args.runs);
-    println!("|---|---:|---:|---:|---:|---:|---:|---|---|");
+    println!(
+        "| case | s (median of {}) | GB/s | cp s | × cp | cp+fsync s | peak RSS (VmHWM) | peak anon | anon / L | target | result |",
+        args.runs
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
     for r in rows {
         let gbs = gb(r.input_bytes) / r.stat.secs;
         let ratio =
@@ -1349,11 +1345,15 @@ fn print_table(
             "—".into()
         };
         println!(
-            "| {} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.case,
             r.stat.secs,
             gbs,
+            r.cp.map(|c| format!("{c:.3}")).unwrap_or_else(|| "—".into()),
             ratio,
+            r.cp_fsync
+                .map(|c| format!("{c:.3}"))
+                .unwrap_or_else(|| "—".into()),
             mib_text(r.stat.maxrss_kb),
             mib_text(r.stat.anon_kb),
             rel,
@@ -1364,6 +1364,8 @@ fn print_table(
     println!();
     println!("L = largest tensor of the input. Peak anon = sampled max of RssAnon + RssShmem (memory the process holds);");
     println!("VmHWM also counts file pages of the read-only input map, which the kernel may drop.");
+    println!("cp s: median of a `cp` of the same input run right before each run of the case (same load);");
+    println!("cp+fsync s: the same plus an fsync of the copy (convert-weight fsyncs its output before renaming it into place).");
     for n in notes {
         println!("note: {n}");
     }

@@ -109,8 +109,8 @@ impl Compute {
                 overflowed: 0,
             });
         }
+        // Every fast path overwrites all of `out`: keep its length so that resizing does not zero it again.
         let mut out = scratch;
-        out.clear();
         let mut overflowed = 0u64;
         let cpu = matches!(self.device, Device::Cpu);
         match expr {
@@ -660,8 +660,8 @@ fn gather_runs<'a>(
 /// Concatenate byte ranges of `base` into `out` (replacing its contents), in parallel.
 fn gather_into(base: &[u8], runs: &[std::ops::Range<usize>], out: &mut Vec<u8>) {
     let total = runs.iter().map(|r| r.len()).sum();
-    out.clear();
-    out.resize(total, 0);
+    out.resize(total, 0); // every byte is overwritten below
+
     let mut pieces = Vec::with_capacity(runs.len());
     let mut rest: &mut [u8] = out;
     for r in runs {
