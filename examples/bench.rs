@@ -93,6 +93,8 @@ struct InputDef {
     dtype: DType,
     format: OutputFormat,
     file: &'static str,
+    /// Only made when this other input cannot be (a stand-in while a writer is missing).
+    fallback_for: Option<&'static str>,
 }
 
 const INPUTS: &[InputDef] = &[
@@ -102,6 +104,7 @@ const INPUTS: &[InputDef] = &[
         dtype: DType::F16,
         format: OutputFormat::Safetensors,
         file: "model.safetensors",
+        fallback_for: None,
     },
     InputDef {
         key: "llama-bf16-st",
@@ -109,6 +112,7 @@ const INPUTS: &[InputDef] = &[
         dtype: DType::BF16,
         format: OutputFormat::Safetensors,
         file: "model.safetensors",
+        fallback_for: None,
     },
     InputDef {
         key: "llama-f16-bin",
@@ -116,6 +120,7 @@ const INPUTS: &[InputDef] = &[
         dtype: DType::F16,
         format: OutputFormat::Torch,
         file: "pytorch_model.bin",
+        fallback_for: None,
     },
     InputDef {
         key: "llama-f16-ckpt",
@@ -123,6 +128,7 @@ const INPUTS: &[InputDef] = &[
         dtype: DType::F16,
         format: OutputFormat::Ckpt,
         file: "model.ckpt",
+        fallback_for: None,
     },
     InputDef {
         key: "bloom-f16-bin",
@@ -130,6 +136,7 @@ const INPUTS: &[InputDef] = &[
         dtype: DType::F16,
         format: OutputFormat::Torch,
         file: "pytorch_model.bin",
+        fallback_for: None,
     },
     InputDef {
         key: "bloom-f16-st",
@@ -137,6 +144,7 @@ const INPUTS: &[InputDef] = &[
         dtype: DType::F16,
         format: OutputFormat::Safetensors,
         file: "model.safetensors",
+        fallback_for: Some("bloom-f16-bin"),
     },
 ];
 
@@ -300,6 +308,14 @@ fn config_json(layout: Layout, layers: usize, dtype: DType) -> serde_json::Value
             "torch_dtype": torch_dtype,
         }),
     }
+}
+
+/// Whether an input is already in the cache.
+fn is_complete(cache: &Path, def: &InputDef, size: u64) -> bool {
+    cache
+        .join(format!("{}-L{}", def.key, layers_for(def.layout, size)))
+        .join(".complete")
+        .exists()
 }
 
 /// A generated input: its file and its largest tensor.
@@ -532,7 +548,11 @@ fn bench_case(
             c.arg(&b.src).arg(&b.dst);
             let o = measure(c, &logs.join(format!("{stem}.cp.{k}.log")))?;
             if !o.ok {
-                return Err(format!("cp {}: failed: {}", b.src.display(), last_lines(&o.log, 4)));
+                return Err(format!(
+                    "cp {}: failed: {}",
+                    b.src.display(),
+                    last_lines(&o.log, 4)
+                ));
             }
             let t0 = Instant::now();
             let synced = fs::File::open(&b.dst).and_then(|f| f.sync_all());
@@ -856,14 +876,18 @@ fn run(args: Args) -> Result<bool, String> {
     let mut notes: Vec<String> = Vec::new();
 
     // Inputs: generated in a child process (a child's ru_maxrss starts at its parent's peak).
-    let missing = INPUTS.iter().any(|d| {
-        !cache
-            .join(format!("{}-L{}", d.key, layers_for(d.layout, size)))
-            .join(".complete")
-            .exists()
-    });
+    let missing = INPUTS
+        .iter()
+        .any(|d| d.fallback_for.is_none() && !is_complete(&cache, d, size));
     if args.generate_only {
         for def in INPUTS {
+            if def
+                .fallback_for
+                .and_then(|k| INPUTS.iter().find(|d| d.key == k))
+                .is_some_and(|p| is_complete(&cache, p, size))
+            {
+                continue;
+            }
             if let Err(e) = ensure_input(&cache, def, size) {
                 eprintln!("skipped: {e}");
             }
@@ -883,6 +907,9 @@ fn run(args: Args) -> Result<bool, String> {
     }
     let mut inputs: BTreeMap<&'static str, Input> = BTreeMap::new();
     for def in INPUTS {
+        if def.fallback_for.is_some_and(|k| inputs.contains_key(k)) {
+            continue;
+        }
         match ensure_input(&cache, def, size) {
             Ok(i) => {
                 inputs.insert(def.key, i);
@@ -1009,7 +1036,11 @@ fn run(args: Args) -> Result<bool, String> {
         src: input.path.clone(),
         dst: out_dir.join(format!(
             "cp-{}",
-            input.path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+            input
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("x")
         )),
     };
 
@@ -1186,7 +1217,14 @@ fn batch_case(
         let clean = || {
             let _ = fs::remove_dir_all(&batch_dir);
         };
-        match bench_case(args.runs, logs, &format!("batch jobs {j}"), &make, &clean, None) {
+        match bench_case(
+            args.runs,
+            logs,
+            &format!("batch jobs {j}"),
+            &make,
+            &clean,
+            None,
+        ) {
             Ok((stat, _)) => {
                 secs.push(stat.secs);
                 rows.push(Row {
@@ -1349,7 +1387,8 @@ fn print_table(
             r.case,
             r.stat.secs,
             gbs,
-            r.cp.map(|c| format!("{c:.3}")).unwrap_or_else(|| "—".into()),
+            r.cp.map(|c| format!("{c:.3}"))
+                .unwrap_or_else(|| "—".into()),
             ratio,
             r.cp_fsync
                 .map(|c| format!("{c:.3}"))

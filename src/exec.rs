@@ -418,22 +418,34 @@ fn count_inf(t: &Tensor, dtype: DType) -> Result<u64> {
 
 /// Number of ±inf values in row-major `dtype` bytes, read from their bit patterns (integers have none).
 fn count_inf_bytes(b: &[u8], dtype: DType) -> u64 {
-    fn count<const N: usize>(b: &[u8], is_inf: impl Fn(&[u8]) -> bool + Sync) -> u64 {
-        b.par_chunks(1 << 16)
-            .map(|c| c.chunks_exact(N).map(|e| u64::from(is_inf(e))).sum::<u64>())
-            .sum()
+    /// Count elements of `N` bytes whose little-endian value `v` has `v & mask == inf`, as native words when the
+    /// bytes are aligned for them (a loop the compiler vectorises), else element by element.
+    fn count<T, const N: usize>(b: &[u8], mask: T, inf: T, from_le: fn([u8; N]) -> T) -> u64
+    where
+        T: Copy + PartialEq + std::ops::BitAnd<Output = T> + Send + Sync,
+    {
+        // SAFETY: every bit pattern is a valid unsigned integer; align_to only yields aligned, in-bounds words.
+        let (head, words, tail) = unsafe { b.align_to::<T>() };
+        if head.is_empty() && tail.is_empty() && cfg!(target_endian = "little") {
+            return words
+                .par_chunks(1 << 15)
+                .map(|c| c.iter().filter(|&&v| v & mask == inf).count() as u64)
+                .sum();
+        }
+        b.chunks_exact(N)
+            .filter(|e| <[u8; N]>::try_from(*e).is_ok_and(|a| from_le(a) & mask == inf))
+            .count() as u64
     }
     match dtype {
-        DType::F16 => count::<2>(b, |e| u16::from_le_bytes([e[0], e[1]]) & 0x7FFF == 0x7C00),
-        DType::BF16 => count::<2>(b, |e| u16::from_le_bytes([e[0], e[1]]) & 0x7FFF == 0x7F80),
-        DType::F32 => count::<4>(b, |e| {
-            u32::from_le_bytes([e[0], e[1], e[2], e[3]]) & 0x7FFF_FFFF == 0x7F80_0000
-        }),
-        DType::F64 => count::<8>(b, |e| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(e);
-            u64::from_le_bytes(a) & 0x7FFF_FFFF_FFFF_FFFF == 0x7FF0_0000_0000_0000
-        }),
+        DType::F16 => count(b, 0x7FFFu16, 0x7C00, u16::from_le_bytes),
+        DType::BF16 => count(b, 0x7FFFu16, 0x7F80, u16::from_le_bytes),
+        DType::F32 => count(b, 0x7FFF_FFFFu32, 0x7F80_0000, u32::from_le_bytes),
+        DType::F64 => count(
+            b,
+            0x7FFF_FFFF_FFFF_FFFFu64,
+            0x7FF0_0000_0000_0000,
+            u64::from_le_bytes,
+        ),
         _ => 0,
     }
 }
@@ -876,6 +888,10 @@ mod tests {
         let h = [0x7C00u16, 0xFC00, 0x7E00, 0x3C00];
         let b: Vec<u8> = h.iter().flat_map(|x| x.to_le_bytes()).collect();
         assert_eq!(count_inf_bytes(&b, DType::F16), 2);
+        // the same bytes at an odd address take the element-by-element path
+        let mut odd = vec![0u8];
+        odd.extend_from_slice(&b);
+        assert_eq!(count_inf_bytes(&odd[1..], DType::F16), 2);
         let f = f32s(&[f32::INFINITY, f32::NAN, -f32::INFINITY, 1.0]);
         assert_eq!(count_inf_bytes(&f, DType::F32), 2);
         assert_eq!(count_inf_bytes(&f, DType::I32), 0);
