@@ -381,7 +381,7 @@ fn ensure_input(cache: &Path, def: &InputDef, size: u64) -> Result<Input, String
 #[derive(Clone, Debug, Default)]
 struct Sample {
     secs: f64,
-    /// Peak resident set (KiB, sampled `VmHWM`), file pages of maps included.
+    /// Peak resident set (KiB: `ru_maxrss`, or the sampled `VmHWM` if higher), file pages of maps included.
     maxrss_kb: u64,
     /// Peak sampled `RssAnon` (+ `RssShmem`) (KiB): memory the process itself holds.
     anon_kb: u64,
@@ -475,11 +475,7 @@ fn measure(mut cmd: Command, log: &Path) -> Result<Outcome, String> {
             secs,
             // ru_maxrss starts at this process's own peak (a spawned child shares its memory until exec): the
             // inputs are generated in another process so that this one stays at a few MiB.
-            maxrss_kb: if hwm_kb > 0 {
-                hwm_kb
-            } else {
-                ru.ru_maxrss.max(0) as u64
-            },
+            maxrss_kb: hwm_kb.max(ru.ru_maxrss.max(0) as u64),
             anon_kb,
         },
         ok,
@@ -1394,7 +1390,11 @@ fn print_table(
                 .map(|c| format!("{c:.3}"))
                 .unwrap_or_else(|| "—".into()),
             mib_text(r.stat.maxrss_kb),
-            mib_text(r.stat.anon_kb),
+            if r.stat.anon_kb == 0 {
+                "— (exited before a sample)".to_string()
+            } else {
+                mib_text(r.stat.anon_kb)
+            },
             rel,
             r.target_text(),
             r.verdict()
