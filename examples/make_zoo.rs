@@ -48,7 +48,9 @@ fn per_layer(pattern: &[(&str, Vec<usize>)]) -> Vec<(String, Vec<usize>)> {
 }
 
 fn named(list: &[(&str, Vec<usize>)]) -> Vec<(String, Vec<usize>)> {
-    list.iter().map(|(n, s)| (n.to_string(), s.clone())).collect()
+    list.iter()
+        .map(|(n, s)| (n.to_string(), s.clone()))
+        .collect()
 }
 
 fn llama_like(biases: bool) -> Vec<(String, Vec<usize>)> {
@@ -78,7 +80,10 @@ fn llama_like(biases: bool) -> Vec<(String, Vec<usize>)> {
         }
     }
     t.extend(per_layer(&layer));
-    t.extend(named(&[("model.norm.weight", vec![H]), ("lm_head.weight", vec![V, H])]));
+    t.extend(named(&[
+        ("model.norm.weight", vec![H]),
+        ("lm_head.weight", vec![V, H]),
+    ]));
     t
 }
 
@@ -131,7 +136,10 @@ fn families() -> Vec<Family> {
                     ("model.layers.{i}.input_layernorm.weight", vec![H]),
                     ("model.layers.{i}.post_attention_layernorm.weight", vec![H]),
                 ]));
-                t.extend(named(&[("model.norm.weight", vec![H]), ("lm_head.weight", vec![V, H])]));
+                t.extend(named(&[
+                    ("model.norm.weight", vec![H]),
+                    ("lm_head.weight", vec![V, H]),
+                ]));
                 t
             },
         },
@@ -154,7 +162,10 @@ fn families() -> Vec<Family> {
                     ("transformer.h.{i}.mlp.w2.weight", vec![I, H]),
                     ("transformer.h.{i}.mlp.c_proj.weight", vec![H, I]),
                 ]));
-                t.extend(named(&[("transformer.ln_f.weight", vec![H]), ("lm_head.weight", vec![V, H])]));
+                t.extend(named(&[
+                    ("transformer.ln_f.weight", vec![H]),
+                    ("lm_head.weight", vec![V, H]),
+                ]));
                 t
             },
         },
@@ -170,15 +181,33 @@ fn families() -> Vec<Family> {
                 t.extend(per_layer(&[
                     ("transformer.layers.{i}.input_layernorm.weight", vec![H]),
                     ("transformer.layers.{i}.input_layernorm.bias", vec![H]),
-                    ("transformer.layers.{i}.attention.query_key_value.weight", vec![3 * H, H]),
-                    ("transformer.layers.{i}.attention.query_key_value.bias", vec![3 * H]),
+                    (
+                        "transformer.layers.{i}.attention.query_key_value.weight",
+                        vec![3 * H, H],
+                    ),
+                    (
+                        "transformer.layers.{i}.attention.query_key_value.bias",
+                        vec![3 * H],
+                    ),
                     ("transformer.layers.{i}.attention.dense.weight", vec![H, H]),
                     ("transformer.layers.{i}.attention.dense.bias", vec![H]),
-                    ("transformer.layers.{i}.post_attention_layernorm.weight", vec![H]),
-                    ("transformer.layers.{i}.post_attention_layernorm.bias", vec![H]),
-                    ("transformer.layers.{i}.mlp.dense_h_to_4h.weight", vec![4 * H, H]),
+                    (
+                        "transformer.layers.{i}.post_attention_layernorm.weight",
+                        vec![H],
+                    ),
+                    (
+                        "transformer.layers.{i}.post_attention_layernorm.bias",
+                        vec![H],
+                    ),
+                    (
+                        "transformer.layers.{i}.mlp.dense_h_to_4h.weight",
+                        vec![4 * H, H],
+                    ),
                     ("transformer.layers.{i}.mlp.dense_h_to_4h.bias", vec![4 * H]),
-                    ("transformer.layers.{i}.mlp.dense_4h_to_h.weight", vec![H, 4 * H]),
+                    (
+                        "transformer.layers.{i}.mlp.dense_4h_to_h.weight",
+                        vec![H, 4 * H],
+                    ),
                     ("transformer.layers.{i}.mlp.dense_4h_to_h.bias", vec![H]),
                 ]));
                 t.extend(named(&[
@@ -231,7 +260,10 @@ fn families() -> Vec<Family> {
                 t.extend(per_layer(&[
                     ("h.{i}.input_layernorm.weight", vec![H]),
                     ("h.{i}.input_layernorm.bias", vec![H]),
-                    ("h.{i}.self_attention.query_key_value.weight", vec![3 * H, H]),
+                    (
+                        "h.{i}.self_attention.query_key_value.weight",
+                        vec![3 * H, H],
+                    ),
                     ("h.{i}.self_attention.query_key_value.bias", vec![3 * H]),
                     ("h.{i}.self_attention.dense.weight", vec![H, H]),
                     ("h.{i}.self_attention.dense.bias", vec![H]),
@@ -254,7 +286,10 @@ fn families() -> Vec<Family> {
             config: json!({"model_type": "gpt_bigcode", "n_embd": H, "n_head": NH, "n_layer": L,
                            "multi_query": true, "n_positions": P, "vocab_size": V}),
             tensors: {
-                let mut t = named(&[("transformer.wte.weight", vec![V, H]), ("transformer.wpe.weight", vec![P, H])]);
+                let mut t = named(&[
+                    ("transformer.wte.weight", vec![V, H]),
+                    ("transformer.wpe.weight", vec![P, H]),
+                ]);
                 t.extend(per_layer(&[
                     ("transformer.h.{i}.ln_1.weight", vec![H]),
                     ("transformer.h.{i}.ln_1.bias", vec![H]),
@@ -269,7 +304,10 @@ fn families() -> Vec<Family> {
                     ("transformer.h.{i}.mlp.c_proj.weight", vec![H, 4 * H]),
                     ("transformer.h.{i}.mlp.c_proj.bias", vec![H]),
                 ]));
-                t.extend(named(&[("transformer.ln_f.weight", vec![H]), ("transformer.ln_f.bias", vec![H])]));
+                t.extend(named(&[
+                    ("transformer.ln_f.weight", vec![H]),
+                    ("transformer.ln_f.bias", vec![H]),
+                ]));
                 // lm_head is tied to wte and omitted, as transformers saves GPTBigCode: the converter synthesises it.
                 t
             },
@@ -304,15 +342,36 @@ fn families() -> Vec<Family> {
                 ("ln_vision.weight", vec![H]),
                 ("ln_vision.bias", vec![H]),
                 ("Qformer.bert.embeddings.word_embeddings.weight", vec![V, H]),
-                ("Qformer.bert.embeddings.position_embeddings.weight", vec![P, H]),
+                (
+                    "Qformer.bert.embeddings.position_embeddings.weight",
+                    vec![P, H],
+                ),
                 ("Qformer.bert.embeddings.LayerNorm.weight", vec![H]),
                 ("Qformer.bert.embeddings.LayerNorm.bias", vec![H]),
-                ("Qformer.bert.encoder.layer.0.attention.self.query.weight", vec![H, H]),
-                ("Qformer.bert.encoder.layer.0.attention.self.query.bias", vec![H]),
-                ("Qformer.bert.encoder.layer.0.attention.output.dense.weight", vec![H, H]),
-                ("Qformer.bert.encoder.layer.0.attention.output.LayerNorm.weight", vec![H]),
-                ("Qformer.bert.encoder.layer.0.intermediate.dense.weight", vec![2 * H, H]),
-                ("Qformer.bert.encoder.layer.0.output.dense.weight", vec![H, 2 * H]),
+                (
+                    "Qformer.bert.encoder.layer.0.attention.self.query.weight",
+                    vec![H, H],
+                ),
+                (
+                    "Qformer.bert.encoder.layer.0.attention.self.query.bias",
+                    vec![H],
+                ),
+                (
+                    "Qformer.bert.encoder.layer.0.attention.output.dense.weight",
+                    vec![H, H],
+                ),
+                (
+                    "Qformer.bert.encoder.layer.0.attention.output.LayerNorm.weight",
+                    vec![H],
+                ),
+                (
+                    "Qformer.bert.encoder.layer.0.intermediate.dense.weight",
+                    vec![2 * H, H],
+                ),
+                (
+                    "Qformer.bert.encoder.layer.0.output.dense.weight",
+                    vec![H, 2 * H],
+                ),
                 ("Qformer.cls.predictions.bias", vec![V]),
                 ("vision_proj.weight", vec![H, H]),
                 ("text_proj.weight", vec![H, H]),
@@ -344,7 +403,10 @@ fn values(seed: u64, n: usize, dtype: DType) -> Vec<u8> {
 
 fn write(fam: &Family, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&fam.config)? + "\n")?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&fam.config)? + "\n",
+    )?;
     let outs: Vec<OutTensor> = fam
         .tensors
         .iter()
@@ -355,14 +417,21 @@ fn write(fam: &Family, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let mut opts = WriteOptions::default();
     let mut writer = match fam.layout {
-        Layout::Torch(name) => formats::create_writer(OutputFormat::Torch, &dir.join(name), &outs, &opts)?,
+        Layout::Torch(name) => {
+            formats::create_writer(OutputFormat::Torch, &dir.join(name), &outs, &opts)?
+        }
         Layout::TorchShards(max) => {
             opts.max_shard_size = Some(max);
             formats::sharded::writer(OutputFormat::Torch, dir, &outs, &opts)?
         }
         Layout::Safetensors => {
             opts.metadata = vec![("format".into(), "pt".into())];
-            formats::create_writer(OutputFormat::Safetensors, &dir.join("model.safetensors"), &outs, &opts)?
+            formats::create_writer(
+                OutputFormat::Safetensors,
+                &dir.join("model.safetensors"),
+                &outs,
+                &opts,
+            )?
         }
     };
     for i in writer.order() {
@@ -400,7 +469,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             progress: &|_| {},
             hash: false,
         };
-        convert::run(&spec, &ctl).map_err(|e| format!("{}: {}", fam.dir, convert::error_chain(&e)))?;
+        convert::run(&spec, &ctl)
+            .map_err(|e| format!("{}: {}", fam.dir, convert::error_chain(&e)))?;
         println!("{}: {}", fam.dir, hf.display());
     }
     Ok(())

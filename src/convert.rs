@@ -109,15 +109,111 @@ pub struct PlanSummary {
     pub peak_bytes: u64,
 }
 
-
 /// Plan a job from headers only: opens the inputs, builds the plan, checks it, writes nothing.
 pub fn plan(spec: &JobSpec) -> Result<PlanSummary, ConvertError> {
     Ok(Prepared::new(spec)?.summary())
 }
 
 /// Run a job to completion: the output appears atomically at `spec.output` only when complete.
+/// Takes the output's lock first (waiting while another process holds it).
 pub fn run(spec: &JobSpec, ctl: &RunControl) -> Result<JobOutcome, ConvertError> {
+    let lock = lock_output(spec)?;
+    run_locked(spec, ctl, &lock)
+}
+
+/// [`run`] for a caller that already holds the output's lock (e.g. to check a fingerprint under it first).
+pub fn run_locked(
+    spec: &JobSpec,
+    ctl: &RunControl,
+    _lock: &OutputLock,
+) -> Result<JobOutcome, ConvertError> {
     Prepared::new(spec)?.execute(ctl)
+}
+
+/// An exclusive lock on one job's output (a `flock` on a hidden lock file beside it), held until dropped; the
+/// lock file is removed on drop. Taking it also removes temporary files that a killed earlier run left.
+pub struct OutputLock {
+    _file: std::fs::File,
+    pub path: PathBuf,
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        // Unlink while still holding the lock; waiters re-check the inode after they get it.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Take the lock of `spec.output`, waiting while another process holds it.
+pub fn lock_output(spec: &JobSpec) -> Result<OutputLock, ConvertError> {
+    let out = &spec.output;
+    let is_dir = out.as_os_str().to_string_lossy().ends_with('/') || out.is_dir();
+    let (dir, name) = if is_dir {
+        (out.clone(), None)
+    } else {
+        let dir = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        (
+            dir,
+            out.file_name().map(|n| n.to_string_lossy().into_owned()),
+        )
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| formats::FormatError::io(&dir, e))?;
+    let path = dir.join(match &name {
+        Some(n) => format!(".{n}.convert-weight.lock"),
+        None => ".convert-weight.lock".to_string(),
+    });
+    let file = loop {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| formats::FormatError::io(&path, e))?;
+        flock_exclusive(&file).map_err(|e| formats::FormatError::io(&path, e))?;
+        // The holder before us unlinks the lock file when done: make sure ours is still the one at the path.
+        use std::os::unix::fs::MetadataExt;
+        let ours = file.metadata().map(|m| m.ino()).ok();
+        let at_path = std::fs::metadata(&path).map(|m| m.ino()).ok();
+        if ours.is_some() && ours == at_path {
+            break file;
+        }
+    };
+    // Leftovers of a killed run for this output (or, for a directory output, any in it).
+    let prefix = match &name {
+        Some(n) => formats::temp_prefix(n),
+        None => formats::TEMP_PREFIX.to_string(),
+    };
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+    }
+    Ok(OutputLock { _file: file, path })
+}
+
+fn flock_exclusive(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    loop {
+        // SAFETY: flock on a valid, owned file descriptor.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// Where and how the output is written.
@@ -294,6 +390,14 @@ impl Prepared {
                 dropped: Vec::new(),
             },
         };
+        if plan.items.is_empty() {
+            return Err(usage(format!(
+                "{}: nothing to convert ({} input tensors, {} dropped by rules); refusing to write an empty checkpoint",
+                spec.input.display(),
+                infos.len(),
+                plan.dropped.len()
+            )));
+        }
         for d in &plan.dropped {
             warnings.push(format!("dropped '{}': {}", d.name, d.rule));
         }
@@ -311,12 +415,34 @@ impl Prepared {
             if !to.is_float() {
                 return Err(usage(format!("--dtype {to}: only fp32, fp16 and bf16")));
             }
-            for item in items.iter_mut().filter(|i| !i.pinned_dtype) {
+            for item in items.iter_mut() {
                 let (cur, _) = item.expr.infer(&infos).map_err(|e| ConvertError::Exec {
                     tensor: item.name.clone(),
                     msg: e.0,
                 })?;
-                if cur.is_float() && cur != to {
+                if !cur.is_float() {
+                    continue;
+                }
+                if item.pinned_dtype {
+                    // The model fixes the final dtype after the global cast (glm's input_layernorm goes through
+                    // --dtype first and is then cast to fp16, exactly as the reference's `.half()` on the result).
+                    let inner = match &item.expr {
+                        Expr::Cast(inner, _) => (**inner).clone(),
+                        e => e.clone(),
+                    };
+                    let (src, _) = inner.infer(&infos).map_err(|e| ConvertError::Exec {
+                        tensor: item.name.clone(),
+                        msg: e.0,
+                    })?;
+                    let mut e = inner;
+                    if src != to {
+                        e = e.cast(to);
+                    }
+                    if to != cur {
+                        e = e.cast(cur);
+                    }
+                    item.expr = e;
+                } else if cur != to {
                     item.expr = item.expr.clone().cast(to);
                 }
             }
@@ -364,7 +490,12 @@ impl Prepared {
         self.source
             .files
             .iter()
-            .map(|f| (f.clone(), std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)))
+            .map(|f| {
+                (
+                    f.clone(),
+                    std::fs::metadata(f).map(|m| m.len()).unwrap_or(0),
+                )
+            })
             .collect()
     }
 
@@ -407,9 +538,19 @@ impl Prepared {
     fn execute(self, ctl: &RunControl) -> Result<JobOutcome, ConvertError> {
         let compute = Compute::from_spec(self.device.as_deref()).map_err(|e| usage(e.0))?;
         let mut writer = if self.target.sharded {
-            formats::sharded::writer(self.target.format, &self.target.path, &self.outs, &self.opts)?
+            formats::sharded::writer(
+                self.target.format,
+                &self.target.path,
+                &self.outs,
+                &self.opts,
+            )?
         } else {
-            formats::create_single_writer(self.target.format, &self.target.path, &self.outs, &self.opts)?
+            formats::create_single_writer(
+                self.target.format,
+                &self.target.path,
+                &self.outs,
+                &self.opts,
+            )?
         };
         let mut hashes: Vec<Option<String>> = vec![None; self.outs.len()];
         let mut written = 0u64;
@@ -609,4 +750,55 @@ pub fn verify(spec: &JobSpec, expected: &Path) -> Result<Vec<Difference>, Conver
         diffs.push(format!("{name}: only in {}", expected.display()));
     }
     Ok(diffs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(model: Option<&str>, reversed: bool, out: &str) -> JobSpec {
+        JobSpec {
+            model: model.map(String::from),
+            reversed,
+            output: PathBuf::from(out),
+            ..JobSpec::default()
+        }
+    }
+
+    #[test]
+    fn output_format_follows_the_path() {
+        let t = |m, r, o| target(&spec(m, r, o)).map(|t| (t.format, t.path, t.sharded));
+        assert_eq!(
+            t(Some("llama"), false, "x/out").unwrap(),
+            (OutputFormat::Ckpt, PathBuf::from("x/out.ckpt"), false)
+        );
+        assert_eq!(
+            t(Some("llama"), true, "x/out").unwrap(),
+            (OutputFormat::Torch, PathBuf::from("x/out"), false)
+        );
+        assert_eq!(t(None, false, "a.pth").unwrap().0, OutputFormat::Torch);
+        assert_eq!(
+            t(None, false, "a.safetensors").unwrap().0,
+            OutputFormat::Safetensors
+        );
+        assert!(t(None, false, "a.weird").is_err());
+        let d = t(Some("llama"), true, "hf/").unwrap();
+        assert_eq!((d.0, d.2), (OutputFormat::Safetensors, true));
+        let mut s = spec(None, false, "o/model.bin");
+        s.max_shard_size = Some(100);
+        let t = target(&s).unwrap();
+        assert_eq!(
+            (t.format, t.path, t.sharded),
+            (OutputFormat::Torch, PathBuf::from("o"), true)
+        );
+    }
+
+    #[test]
+    fn error_chain_joins_causes_once() {
+        let e = ConvertError::Format(formats::FormatError::io(
+            Path::new("f.bin"),
+            std::io::Error::other("disk on fire"),
+        ));
+        assert_eq!(error_chain(&e), "f.bin: disk on fire");
+    }
 }

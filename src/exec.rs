@@ -131,7 +131,12 @@ impl Compute {
             Expr::Input(i) => {
                 let e = input(inputs, *i)?;
                 let b = e.data.bytes();
-                let t = Tensor::from_raw_buffer(&b, carrier(e.info.dtype), &e.info.shape, &self.device)?;
+                let t = Tensor::from_raw_buffer(
+                    &b,
+                    carrier(e.info.dtype),
+                    &e.info.shape,
+                    &self.device,
+                )?;
                 (t, e.info.dtype)
             }
             Expr::Reshape(src, shape) => {
@@ -179,7 +184,13 @@ impl Compute {
     }
 
     /// Cast a flat buffer of `from` elements to `to`, in parallel chunks, each on a candle tensor.
-    fn cast_bytes(&self, b: &[u8], from: DType, to: DType, overflowed: &mut u64) -> Result<Vec<u8>> {
+    fn cast_bytes(
+        &self,
+        b: &[u8],
+        from: DType,
+        to: DType,
+        overflowed: &mut u64,
+    ) -> Result<Vec<u8>> {
         const CHUNK: usize = 1 << 20; // elements per chunk
         let n = b.len() / from.size();
         let mut out = vec![0u8; n * to.size()];
@@ -364,7 +375,10 @@ mod tests {
             let bytes = raw[..shape.iter().product::<usize>() * d.size()].to_vec();
             let inputs = vec![entry("x", d, shape.clone(), bytes.clone())];
             let tt = Expr::input(0).transpose().transpose();
-            assert_eq!(c.eval(&tt, &inputs).unwrap().bytes.as_ref(), bytes.as_slice());
+            assert_eq!(
+                c.eval(&tt, &inputs).unwrap().bytes.as_ref(),
+                bytes.as_slice()
+            );
         }
     }
 
@@ -390,7 +404,13 @@ mod tests {
         assert_eq!(h.overflowed, 1);
         // a cast inside a tree goes through candle too
         let t = c
-            .eval(&Expr::input(0).reshape(vec![2, 2]).transpose().cast(DType::F16), &inputs)
+            .eval(
+                &Expr::input(0)
+                    .reshape(vec![2, 2])
+                    .transpose()
+                    .cast(DType::F16),
+                &inputs,
+            )
             .unwrap();
         assert_eq!(t.overflowed, 1);
         assert_eq!(t.bytes.len(), 8);

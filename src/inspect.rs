@@ -68,8 +68,18 @@ pub fn inspect(path: &Path, json: bool, hash: bool) -> Result<String, FormatErro
         ck.tensors.len(),
         total
     );
-    let width = ck.tensors.iter().map(|t| t.info.name.len()).max().unwrap_or(4).max(4);
-    let _ = writeln!(out, "{:<width$}  {:<5}  {:<20}  {:>12}", "name", "dtype", "shape", "bytes");
+    let width = ck
+        .tensors
+        .iter()
+        .map(|t| t.info.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:<5}  {:<20}  {:>12}",
+        "name", "dtype", "shape", "bytes"
+    );
     for (t, h) in ck.tensors.iter().zip(&hashes) {
         let _ = write!(
             out,

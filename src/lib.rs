@@ -6,8 +6,13 @@
 
 pub mod convert;
 pub mod exec;
+pub mod fingerprint;
 pub mod formats;
+pub mod golden;
 pub mod inspect;
+pub mod manifest;
 pub mod models;
 pub mod ops;
+pub mod report;
+pub mod runner;
 pub mod tensor;

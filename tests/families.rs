@@ -84,7 +84,9 @@ fn hyper_flags(v: &Variant) -> Vec<String> {
 /// Expected tensors of a reference output, adjusted for our documented deviations: `inv_freq` buffers the input
 /// lacks are not synthesised; integer tensors keep their dtype under --dtype (compare them to the input instead).
 fn expected(v: &Variant, file: &Path, input: &[T]) -> Vec<T> {
-    let has_inv_freq = input.iter().any(|t| t.name.ends_with("rotary_emb.inv_freq"));
+    let has_inv_freq = input
+        .iter()
+        .any(|t| t.name.ends_with("rotary_emb.inv_freq"));
     sidecar(file)
         .into_iter()
         .filter(|t| has_inv_freq || !t.name.ends_with("rotary_emb.inv_freq"))
@@ -113,7 +115,9 @@ fn forward_args(v: &Variant, input: &Path, output: &Path, dtype: Option<&str>) -
 }
 
 fn without_position_ids(ts: Vec<T>) -> Vec<T> {
-    ts.into_iter().filter(|t| !t.name.ends_with("position_ids")).collect()
+    ts.into_iter()
+        .filter(|t| !t.name.ends_with("position_ids"))
+        .collect()
 }
 
 #[test]
@@ -147,7 +151,13 @@ fn forward_matches_reference_from_every_input_layout() {
                     v.dir.display(),
                     src.display()
                 );
-                assert_eq!(got, want, "{}: {file} from {}", v.dir.display(), src.display());
+                assert_eq!(
+                    got,
+                    want,
+                    "{}: {file} from {}",
+                    v.dir.display(),
+                    src.display()
+                );
             }
         }
     }
@@ -180,7 +190,11 @@ fn reverse_matches_reference() {
         } else {
             sorted(sidecar(&reversed))
         };
-        assert_eq!(got, want, "{}: reverse of expected.ckpt", v.dir.display());
+        assert_same(
+            &got,
+            &want,
+            &format!("{}: reverse of expected.ckpt", v.dir.display()),
+        );
     }
 }
 
@@ -203,16 +217,28 @@ fn torch_to_ckpt_to_torch_is_identity() {
         ];
         a.extend(hyper_flags(&v));
         convert(&a);
-        assert_eq!(sorted(inspect(&back)), sorted(sidecar(&input)), "{}", v.dir.display());
+        let mut want = sorted(sidecar(&input));
+        let mut got = sorted(inspect(&back));
+        if v.family == "glm" {
+            // glm pins input_layernorm to fp16 (as the reference does): lossy for non-fp16 sources.
+            let pinned = |t: &T| t.name.contains("input_layernorm");
+            assert!(got.iter().filter(|t| pinned(t)).all(|t| t.dtype == "F16"));
+            got.retain(|t| !pinned(t));
+            want.retain(|t| !pinned(t));
+        }
+        assert_same(
+            &got,
+            &want,
+            &format!("{}: torch -> ckpt -> torch", v.dir.display()),
+        );
         // verify agrees
-        let out = cw(&[
-            "verify",
-            s(&input),
-            s(&ck),
-            "--model",
-            v.model,
-        ]);
-        assert!(out.status.success(), "verify {}: {}", v.dir.display(), String::from_utf8_lossy(&out.stdout));
+        let out = cw(&["verify", s(&input), s(&ck), "--model", v.model]);
+        assert!(
+            out.status.success(),
+            "verify {}: {}",
+            v.dir.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }
 
@@ -222,6 +248,7 @@ fn dry_run_lists_exactly_what_is_written() {
     for v in variants() {
         let input = torch_input(&v);
         let o = tmp.path().join("dry.ckpt");
+        let _ = std::fs::remove_file(&o);
         let mut a = forward_args(&v, &input, &o, None);
         a.push("--dry-run".into());
         let av: Vec<&str> = a.iter().map(String::as_str).collect();

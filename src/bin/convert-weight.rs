@@ -115,12 +115,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let chain = |e: convert::ConvertError| error_chain(&e);
     if cli.list_models {
         for f in models::registry() {
-            let aliases = if f.aliases().is_empty() {
-                String::new()
+            let name = if f.aliases().is_empty() {
+                f.name().to_string()
             } else {
-                format!(" (alias {})", f.aliases().join(", "))
+                format!("{} (alias {})", f.name(), f.aliases().join(", "))
             };
-            println!("{:<12}{aliases}  {}", f.name(), f.describe());
+            println!("{name:<28}{}", f.describe());
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -154,7 +154,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             let mut spec = spec_from(&c.model, input, output)?;
             if let Some(s) = &c.max_shard_size {
-                spec.max_shard_size = Some(parse_size(s).map_err(|e| format!("--max-shard-size {s}: {e}"))?);
+                spec.max_shard_size =
+                    Some(parse_size(s).map_err(|e| format!("--max-shard-size {s}: {e}"))?);
             }
             if cli.dry_run {
                 let plan = convert::plan(&spec).map_err(chain)?;

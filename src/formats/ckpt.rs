@@ -599,11 +599,7 @@ impl CkptWriter {
         let tag = info.name.as_bytes();
         let ttype = type_name(info.dtype).as_bytes();
         // dims: none for a scalar, else one varint key per dim.
-        let dims_len: usize = info
-            .shape
-            .iter()
-            .map(|&d| 1 + varint_len(d as u64))
-            .sum();
+        let dims_len: usize = info.shape.iter().map(|&d| 1 + varint_len(d as u64)).sum();
         let t_len = dims_len + ld_len(ttype.len()) + ld_len(payload.len());
         let v_len = ld_len(tag.len()) + ld_len(t_len);
         let mut h = std::mem::take(&mut self.head);

@@ -267,6 +267,11 @@ pub struct AtomicFile {
 /// Prefix of every temporary output name, so a later run can find and remove leftovers of a killed one.
 pub const TEMP_PREFIX: &str = ".convert-weight-tmp-";
 
+/// Prefix of the temporary names of one output file: `.convert-weight-tmp-<file name>-`.
+pub fn temp_prefix(file_name: &str) -> String {
+    format!("{TEMP_PREFIX}{file_name}-")
+}
+
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<Self> {
         let dir = match path.parent() {
@@ -274,8 +279,12 @@ impl AtomicFile {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&dir).map_err(|e| FormatError::io(&dir, e))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
+            .prefix(&temp_prefix(&name))
             .tempfile_in(&dir)
             .map_err(|e| FormatError::io(path, e))?;
         Ok(AtomicFile {

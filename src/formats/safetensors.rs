@@ -223,7 +223,9 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         let dtype = parse_dtype(&raw.dtype).map_err(terr)?;
         let (begin, end) = raw.data_offsets;
         if end < begin {
-            return Err(terr(format!("data_offsets [{begin}, {end}] end before begin")));
+            return Err(terr(format!(
+                "data_offsets [{begin}, {end}] end before begin"
+            )));
         }
         let nbytes = numel(&raw.shape)
             .and_then(|k| k.checked_mul(dtype.size()))
@@ -244,7 +246,11 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
     for &i in &idx {
         let (name, _, _, begin, end) = &entries[i];
         if *begin != expect {
-            let what = if *begin > expect { "a hole" } else { "an overlap" };
+            let what = if *begin > expect {
+                "a hole"
+            } else {
+                "an overlap"
+            };
             return Err(FormatError::tensor(
                 path,
                 name,

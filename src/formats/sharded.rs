@@ -24,7 +24,11 @@ pub enum Resolved {
 }
 
 /// Index file suffixes, in order of preference when a directory holds several kinds.
-const INDEX_SUFFIXES: &[&str] = &[".safetensors.index.json", ".bin.index.json", ".ckpt.index.json"];
+const INDEX_SUFFIXES: &[&str] = &[
+    ".safetensors.index.json",
+    ".bin.index.json",
+    ".ckpt.index.json",
+];
 
 /// Extensions of single weight files a directory may hold.
 const WEIGHT_EXTS: &[&str] = &["safetensors", "bin", "pt", "pth", "ckpt"];
@@ -290,7 +294,12 @@ pub fn read_index(path: &Path) -> Result<Checkpoint> {
 
 /// At most 10 names, then a count.
 fn short_list(names: &[&str]) -> String {
-    let mut s = names.iter().take(10).copied().collect::<Vec<_>>().join(", ");
+    let mut s = names
+        .iter()
+        .take(10)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
     if names.len() > 10 {
         s.push_str(&format!(" and {} more", names.len() - 10));
     }
@@ -335,16 +344,34 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     Ok(bytes)
 }
 
-/// One output shard being written.
+/// One output shard.
 struct Shard {
-    writer: Option<Box<dyn TensorWriter>>,
+    /// Final file name in the output directory.
+    file: String,
+    /// The shard's own declarations (ties inside the shard re-based, ties to other shards cut).
+    local: Vec<OutTensor>,
     /// Local index → global index.
     globals: Vec<usize>,
+    /// The inner writer's order (local indices).
+    order: Vec<usize>,
+    /// Created when the shard's first tensor arrives, finished (into the staging directory) after its last.
+    writer: Option<Box<dyn TensorWriter>>,
+    written: usize,
+    /// Files the finished inner writer produced in the staging directory.
+    staged: Option<Vec<PathBuf>>,
 }
 
 /// Writes an HF sharded set into a directory.
+///
+/// Memory and file handles stay at one shard: each shard's writer is created when its first tensor arrives and
+/// finished right after its last, into a hidden staging directory inside the output directory. `finish` then
+/// renames every staged shard to its final name and writes the index last; if anything fails, the shards already
+/// renamed are removed. Dropping the writer removes the staging directory.
 struct ShardedWriter {
     dir: PathBuf,
+    format: OutputFormat,
+    opts: WriteOptions,
+    staging: Option<tempfile::TempDir>,
     shards: Vec<Shard>,
     /// Global index → (shard, local index).
     loc: Vec<(usize, usize)>,
@@ -379,9 +406,11 @@ fn plan_shards(tensors: &[OutTensor], max: Option<u64>) -> Vec<Vec<usize>> {
 /// Create a writer for an HF sharded set in the directory `path` (created if missing). Tensors are split greedily
 /// in declared order so that each shard holds at most `opts.max_shard_size` tensor bytes (a bigger tensor gets its
 /// own shard); shards are `model-0000i-of-0000n.safetensors` / `pytorch_model-0000i-of-0000n.bin` /
-/// `mindspore_model-0000i-of-0000n.ckpt` with an index json `<single name>.index.json`; a single shard is written as
-/// `model.safetensors` / `pytorch_model.bin` / `mindspore_model.ckpt` with no index. A `tied_to` that points into
-/// another shard is cut (that copy is written in full).
+/// `mindspore_model-0000i-of-0000n.ckpt` with an index json `<single name>.index.json` whose `total_size` is the sum
+/// of the tensor bytes written; a single shard is written as `model.safetensors` / `pytorch_model.bin` /
+/// `mindspore_model.ckpt` with no index. `order()` is the shards' orders one after the other. A `tied_to` that
+/// points into another shard is cut (that copy is written in full). Nothing appears under a final name until
+/// every shard is complete.
 pub fn writer(
     format: OutputFormat,
     path: &Path,
@@ -400,6 +429,10 @@ pub fn writer(
         .find(|(f, _, _)| *f == format)
         .map(|(_, s, e)| (*s, *e))
         .ok_or_else(|| FormatError::invalid(path, format!("no shard naming for {format:?}")))?;
+    let staging = tempfile::Builder::new()
+        .prefix(super::TEMP_PREFIX)
+        .tempdir_in(path)
+        .map_err(|e| FormatError::io(path, e))?;
     let plan = plan_shards(tensors, opts.max_shard_size);
     let n = plan.len();
     let inner_opts = WriteOptions {
@@ -416,7 +449,7 @@ pub fn writer(
     let mut order = Vec::with_capacity(tensors.len());
     let mut weight_map: Vec<(&str, String)> = Vec::with_capacity(tensors.len());
     let mut total_size = 0u64;
-    for (s, group) in plan.iter().enumerate() {
+    for (s, group) in plan.into_iter().enumerate() {
         let file = if n == 1 {
             format!("{stem}.{ext}")
         } else {
@@ -433,20 +466,29 @@ pub fn writer(
                     .map(|(_, tl)| *tl),
             })
             .collect();
-        let w = super::create_single_writer(format, &path.join(&file), &local, &inner_opts)?;
-        for l in w.order() {
+        // The inner writer's order, from a writer made and dropped at once (it is made again when the shard's
+        // first tensor arrives): this validates the shard early and keeps a single shard open at a time.
+        let shard_order =
+            super::create_single_writer(format, &staging.path().join(&file), &local, &inner_opts)?
+                .order();
+        for &l in &shard_order {
             let g = group.get(l).copied().ok_or_else(|| {
                 FormatError::invalid(path, format!("inner writer asked for unknown tensor #{l}"))
             })?;
             total_size = total_size.saturating_add(tensors[g].info.nbytes() as u64);
             order.push(g);
         }
-        for &g in group {
+        for &g in &group {
             weight_map.push((tensors[g].info.name.as_str(), file.clone()));
         }
         shards.push(Shard {
-            writer: Some(w),
-            globals: group.clone(),
+            file,
+            local,
+            globals: group,
+            order: shard_order,
+            writer: None,
+            written: 0,
+            staged: None,
         });
     }
     let index = (n > 1).then(|| {
@@ -464,12 +506,54 @@ pub fn writer(
     });
     Ok(Box::new(ShardedWriter {
         dir: path.to_path_buf(),
+        format,
+        opts: inner_opts,
+        staging: Some(staging),
         shards,
         loc,
         order,
         pos: 0,
         index,
     }))
+}
+
+impl ShardedWriter {
+    fn staging_dir(&self) -> Result<PathBuf> {
+        self.staging
+            .as_ref()
+            .map(|t| t.path().to_path_buf())
+            .ok_or_else(|| FormatError::invalid(&self.dir, "writer already finished"))
+    }
+
+    /// Create shard `s`'s writer if it does not exist yet.
+    fn open_shard(&mut self, s: usize) -> Result<()> {
+        if self.shards[s].writer.is_some() || self.shards[s].staged.is_some() {
+            return Ok(());
+        }
+        let staging = self.staging_dir()?;
+        let shard = &mut self.shards[s];
+        let p = staging.join(&shard.file);
+        let w = super::create_single_writer(self.format, &p, &shard.local, &self.opts)?;
+        if w.order() != shard.order {
+            return Err(FormatError::invalid(
+                &p,
+                "inner writer changed its tensor order between two creations",
+            ));
+        }
+        shard.writer = Some(w);
+        Ok(())
+    }
+
+    /// Finish shard `s` into the staging directory once all its tensors are written.
+    fn close_shard(&mut self, s: usize) -> Result<()> {
+        let shard = &mut self.shards[s];
+        if shard.written == shard.order.len() {
+            if let Some(w) = shard.writer.take() {
+                shard.staged = Some(w.finish()?);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl TensorWriter for ShardedWriter {
@@ -488,24 +572,20 @@ impl TensorWriter for ShardedWriter {
             ));
         }
         let (s, l) = self.loc[index];
+        debug_assert_eq!(self.shards[s].globals.get(l), Some(&index));
+        self.open_shard(s)?;
         let shard = &mut self.shards[s];
-        debug_assert_eq!(shard.globals.get(l), Some(&index));
         let w = shard
             .writer
             .as_mut()
-            .ok_or_else(|| FormatError::invalid(&self.dir, "writer already finished"))?;
+            .ok_or_else(|| FormatError::invalid(&self.dir, "shard already finished"))?;
         w.write(l, data)?;
+        shard.written += 1;
         self.pos += 1;
-        Ok(())
+        self.close_shard(s)
     }
 
     fn finish(mut self: Box<Self>) -> Result<Vec<PathBuf>> {
-        let mut done: Vec<PathBuf> = Vec::new();
-        let cleanup = |done: &[PathBuf]| {
-            for p in done {
-                let _ = std::fs::remove_file(p);
-            }
-        };
         if self.pos != self.order.len() {
             return Err(FormatError::invalid(
                 &self.dir,
@@ -516,16 +596,28 @@ impl TensorWriter for ShardedWriter {
                 ),
             ));
         }
-        for shard in &mut self.shards {
-            let Some(w) = shard.writer.take() else {
-                continue;
-            };
-            match w.finish() {
-                Ok(files) => done.extend(files),
-                Err(e) => {
+        // Shards with nothing to write (an empty model) are created and finished here.
+        for s in 0..self.shards.len() {
+            self.open_shard(s)?;
+            self.close_shard(s)?;
+        }
+        let mut done: Vec<PathBuf> = Vec::new();
+        let cleanup = |done: &[PathBuf]| {
+            for p in done {
+                let _ = std::fs::remove_file(p);
+            }
+        };
+        for shard in &self.shards {
+            for staged in shard.staged.iter().flatten() {
+                let Some(name) = staged.file_name() else {
+                    continue;
+                };
+                let dst = self.dir.join(name);
+                if let Err(e) = std::fs::rename(staged, &dst) {
                     cleanup(&done);
-                    return Err(e);
+                    return Err(FormatError::io(&dst, e));
                 }
+                done.push(dst);
             }
         }
         if let Some((path, text)) = self.index.take() {
@@ -540,6 +632,9 @@ impl TensorWriter for ShardedWriter {
                     return Err(e);
                 }
             }
+        }
+        if let Some(staging) = self.staging.take() {
+            let _ = staging.close();
         }
         Ok(done)
     }
@@ -564,7 +659,15 @@ mod tests {
         ] {
             assert_eq!(parse_size(s), Ok(v), "{s}");
         }
-        for s in ["", "GB", "5XB", "0", "-1GB", "99999999999999999999TB", "1..5MB"] {
+        for s in [
+            "",
+            "GB",
+            "5XB",
+            "0",
+            "-1GB",
+            "99999999999999999999TB",
+            "1..5MB",
+        ] {
             assert!(parse_size(s).is_err(), "{s}");
         }
     }

@@ -4,6 +4,18 @@
 use crate::ops::Plan;
 use crate::tensor::TensorInfo;
 
+pub mod baichuan;
+pub mod blip;
+pub mod bloom;
+pub mod glm;
+pub mod gpt;
+pub mod internlm;
+pub mod llama;
+pub mod qwen;
+pub mod rules;
+pub mod skywork;
+pub mod wizardcoder;
+
 /// Errors of the model layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -35,7 +47,7 @@ pub struct HyperParams {
 
 /// config.json spellings of each hyper-parameter (formats spec §3.3), first match wins.
 const HEADS_KEYS: &[&str] = &["num_attention_heads", "n_head", "num_heads", "n_heads"];
-const HIDDEN_KEYS: &[&str] = &["hidden_size", "n_embd", "d_model"];
+const HIDDEN_KEYS: &[&str] = &["hidden_size", "n_embd", "n_embed", "d_model"];
 const LAYERS_KEYS: &[&str] = &["num_hidden_layers", "n_layer", "num_layers", "n_layers"];
 const KV_KEYS: &[&str] = &["num_key_value_heads", "num_kv_heads", "n_head_kv"];
 const HEAD_DIM_KEYS: &[&str] = &["head_dim", "d_kv", "kv_channels"];
@@ -128,7 +140,18 @@ pub trait Family: Sync {
 
 /// Every family, in `--list-models` order.
 pub fn registry() -> &'static [&'static dyn Family] {
-    &[]
+    &[
+        &llama::Llama,
+        &glm::Glm,
+        &qwen::Qwen,
+        &internlm::Internlm,
+        &baichuan::Baichuan,
+        &gpt::Gpt,
+        &bloom::Bloom,
+        &blip::Blip,
+        &wizardcoder::Wizardcoder,
+        &skywork::Skywork,
+    ]
 }
 
 /// Look a family up by name or alias.

@@ -120,3 +120,28 @@ pub fn sorted(mut v: Vec<T>) -> Vec<T> {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Assert two tensor lists are equal, printing only the differences.
+pub fn assert_same(got: &[T], want: &[T], ctx: &str) {
+    if got == want {
+        return;
+    }
+    let mut lines = Vec::new();
+    for w in want {
+        match got.iter().find(|g| g.name == w.name) {
+            None => lines.push(format!("  missing {}", w.name)),
+            Some(g) if g != w => lines.push(format!(
+                "  {}: got {} {:?} {:.12} want {} {:?} {:.12}",
+                w.name, g.dtype, g.shape, g.sha256, w.dtype, w.shape, w.sha256
+            )),
+            _ => {}
+        }
+    }
+    for g in got {
+        if !want.iter().any(|w| w.name == g.name) {
+            lines.push(format!("  extra {}", g.name));
+        }
+    }
+    lines.truncate(12);
+    panic!("{ctx}: tensors differ\n{}", lines.join("\n"));
+}

@@ -1,0 +1,492 @@
+//! End-to-end tests of `convert-batch` on pure format conversions of fixture files (copied into a tempdir, so
+//! touching them never changes the shared fixtures).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+fn fixtures() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/edge");
+    if p.is_dir() {
+        Some(p)
+    } else {
+        eprintln!("note: {} is absent: test skipped", p.display());
+        None
+    }
+}
+
+fn batch(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_convert-batch"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run convert-batch")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A tiny safetensors file of F32 tensors `(name, values)`.
+fn write_safetensors(path: &Path, tensors: &[(&str, &[f32])]) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, vals) in tensors {
+        let start = data.len();
+        for v in *vals {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": [vals.len()], "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut h = serde_json::to_vec(&Value::Object(header)).unwrap();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut f = (h.len() as u64).to_le_bytes().to_vec();
+    f.extend_from_slice(&h);
+    f.extend_from_slice(&data);
+    std::fs::write(path, f).unwrap();
+}
+
+/// A workspace: fixture copies under `in/`, a manifest `m.toml` of pure conversions, outputs under `out/`.
+/// Jobs: st2ckpt, st2bin (both read dtypes.safetensors), ckpt2st, rows2st, w2ckpt (hand-made safetensors), plus
+/// `corrupt` when asked.
+struct Work {
+    dir: tempfile::TempDir,
+}
+
+const GOOD: &[&str] = &["st2ckpt", "st2bin", "ckpt2st", "rows2st", "w2ckpt"];
+
+impl Work {
+    fn new(fx: &Path, corrupt: bool) -> Work {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        std::fs::create_dir_all(&input).unwrap();
+        for f in [
+            "dtypes.safetensors",
+            "ms_dtypes.ckpt",
+            "ms_sliced_rows.ckpt",
+        ] {
+            std::fs::copy(fx.join(f), input.join(f)).unwrap();
+        }
+        write_safetensors(
+            &input.join("w.safetensors"),
+            &[("a", &[1.0, 2.0]), ("b", &[3.0, 4.0])],
+        );
+        let mut m = String::from(
+            r#"
+[defaults]
+jobs = 2
+
+[[job]]
+name = "st2ckpt"
+input = "in/dtypes.safetensors"
+output = "out/dtypes.ckpt"
+
+[[job]]
+name = "st2bin"
+input = "in/dtypes.safetensors"
+output = "out/dtypes.bin"
+
+[[job]]
+name = "ckpt2st"
+input = "in/ms_dtypes.ckpt"
+output = "out/ms_dtypes.safetensors"
+
+[[job]]
+name = "rows2st"
+input = "in/ms_sliced_rows.ckpt"
+output = "out/rows.safetensors"
+
+[[job]]
+name = "w2ckpt"
+input = "in/w.safetensors"
+output = "out/w.ckpt"
+"#,
+        );
+        if corrupt {
+            // A safetensors header that promises more than the file holds.
+            let mut bytes = std::fs::read(fx.join("dtypes.safetensors")).unwrap();
+            bytes.truncate(bytes.len() - 40);
+            std::fs::write(input.join("corrupt.safetensors"), bytes).unwrap();
+            m.push_str(
+                "\n[[job]]\nname = \"corrupt\"\ninput = \"in/corrupt.safetensors\"\noutput = \"out/corrupt.ckpt\"\n",
+            );
+        }
+        std::fs::write(dir.path().join("m.toml"), m).unwrap();
+        Work { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut a = vec!["m.toml", "--no-progress"];
+        a.extend_from_slice(args);
+        batch(self.path(), &a)
+    }
+
+    fn report(&self, name: &str) -> Value {
+        let t = std::fs::read_to_string(self.path().join(name)).unwrap();
+        serde_json::from_str(&t).unwrap()
+    }
+
+    fn touch(&self, rel: &str) {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(self.path().join(rel))
+            .unwrap();
+        f.set_modified(SystemTime::now() + Duration::from_secs(30))
+            .unwrap();
+    }
+}
+
+fn statuses(report: &Value) -> Vec<(String, String)> {
+    report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["name"].as_str().unwrap().to_string(),
+                j["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn all(names: &[&str], status: &str) -> Vec<(String, String)> {
+    names
+        .iter()
+        .map(|n| (n.to_string(), status.to_string()))
+        .collect()
+}
+
+/// Every output file under `dir/out`, sorted, with contents (fingerprint records and hidden lock files left out).
+fn outputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            !n.ends_with(".cw-fingerprint.json") && !n.starts_with('.')
+        })
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn corrupt_input_fails_only_its_job() {
+    let Some(fx) = fixtures() else { return };
+    let w = Work::new(&fx, true);
+    let o = w.run(&["--report", "r.json", "--junit", "j.xml"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let r = w.report("r.json");
+    let mut want = all(GOOD, "ok");
+    want.push(("corrupt".into(), "failed".into()));
+    assert_eq!(statuses(&r), want, "{}", text(&o));
+    let jobs = r["jobs"].as_array().unwrap();
+    let corrupt = &jobs[5];
+    assert!(
+        corrupt["error"]
+            .as_str()
+            .unwrap()
+            .contains("corrupt.safetensors"),
+        "the error names the file: {corrupt}"
+    );
+    assert_eq!(r["summary"]["ok"], 5);
+    assert_eq!(r["summary"]["failed"], 1);
+    // Each ok job: tensors counted, outputs hashed, the hash is the file's.
+    let expected_tensors = [6, 6, 11, 3, 2];
+    for (j, n) in jobs.iter().zip(expected_tensors) {
+        assert_eq!(j["tensors"], n, "{j}");
+        assert_eq!(j["error"], Value::Null);
+        for out in j["outputs"].as_array().unwrap() {
+            let p = w.path().join(out["path"].as_str().unwrap());
+            let got = convert_weight::fingerprint::sha256_file(&p).unwrap();
+            assert_eq!(out["sha256"].as_str(), Some(got.as_str()), "{out}");
+            assert_eq!(out["bytes"], std::fs::metadata(&p).unwrap().len());
+        }
+    }
+    assert!(!w.path().join("out/corrupt.ckpt").exists());
+    let junit = std::fs::read_to_string(w.path().join("j.xml")).unwrap();
+    assert!(junit.contains("tests=\"6\" failures=\"1\""), "{junit}");
+    assert!(junit.contains("<failure message="), "{junit}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("6 jobs: 5 ok, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn jobs_1_and_jobs_4_write_identical_bytes() {
+    let Some(fx) = fixtures() else { return };
+    let a = Work::new(&fx, false);
+    let b = Work::new(&fx, false);
+    let oa = a.run(&["--jobs", "1"]);
+    assert_eq!(oa.status.code(), Some(0), "{}", text(&oa));
+    let ob = b.run(&["--jobs", "4"]);
+    assert_eq!(ob.status.code(), Some(0), "{}", text(&ob));
+    let (xa, xb) = (outputs(a.path()), outputs(b.path()));
+    assert_eq!(xa.len(), GOOD.len());
+    assert!(xa == xb, "outputs differ between --jobs 1 and --jobs 4");
+}
+
+#[test]
+fn reruns_skip_and_touching_an_input_reruns_only_its_jobs() {
+    let Some(fx) = fixtures() else { return };
+    let w = Work::new(&fx, false);
+    let o = w.run(&["--report", "r1.json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(statuses(&w.report("r1.json")), all(GOOD, "ok"));
+
+    let o = w.run(&["--report", "r2.json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r2 = w.report("r2.json");
+    assert_eq!(statuses(&r2), all(GOOD, "skipped"));
+    assert_eq!(r2["summary"]["skipped"], 5);
+    // Skipped jobs still report their outputs.
+    assert!(r2["jobs"][0]["outputs"][0]["sha256"].is_string());
+
+    w.touch("in/dtypes.safetensors");
+    let o = w.run(&["--report", "r3.json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let want: Vec<(String, String)> = GOOD
+        .iter()
+        .map(|n| {
+            let s = if n.starts_with("st2") {
+                "ok"
+            } else {
+                "skipped"
+            };
+            (n.to_string(), s.to_string())
+        })
+        .collect();
+    assert_eq!(statuses(&w.report("r3.json")), want);
+
+    // A damaged output is noticed (small outputs are re-hashed on every check).
+    let out = w.path().join("out/w.ckpt");
+    let mut bytes = std::fs::read(&out).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&out, bytes).unwrap();
+    let o = w.run(&["--report", "r4.json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r4 = statuses(&w.report("r4.json"));
+    assert_eq!(r4[4], ("w2ckpt".to_string(), "ok".to_string()));
+    assert!(r4[..4].iter().all(|s| s.1 == "skipped"), "{r4:?}");
+
+    let o = w.run(&["--report", "r5.json", "--force"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(statuses(&w.report("r5.json")), all(GOOD, "ok"));
+}
+
+#[test]
+fn check_catches_a_changed_tensor() {
+    let Some(fx) = fixtures() else { return };
+    let w = Work::new(&fx, false);
+    let o = w.run(&["--write-golden", "golden.json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let g: Value =
+        serde_json::from_str(&std::fs::read_to_string(w.path().join("golden.json")).unwrap())
+            .unwrap();
+    assert_eq!(g["jobs"].as_object().unwrap().len(), GOOD.len());
+    assert_eq!(g["jobs"]["w2ckpt"]["tensors"].as_object().unwrap().len(), 2);
+
+    // Unchanged: passes (skipped jobs are checked from their records).
+    let o = w.run(&["--check", "golden.json", "--report", "r1.json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // Change tensor b of w.safetensors: its job reruns and fails, naming b.
+    write_safetensors(
+        &w.path().join("in/w.safetensors"),
+        &[("a", &[1.0, 2.0]), ("b", &[3.0, 5.0])],
+    );
+    let o = w.run(&["--check", "golden.json", "--report", "r2.json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let r = w.report("r2.json");
+    let job = &r["jobs"][4];
+    assert_eq!(job["name"], "w2ckpt");
+    assert_eq!(job["status"], "failed");
+    assert_eq!(
+        job["error"],
+        "output differs from the golden file: 1 changed: b"
+    );
+    assert!(r["jobs"].as_array().unwrap()[..4]
+        .iter()
+        .all(|j| j["status"] == "skipped"));
+}
+
+#[test]
+fn dry_run_writes_nothing() {
+    let Some(fx) = fixtures() else { return };
+    let w = Work::new(&fx, false);
+    let o = w.run(&["--dry-run", "--report", "r.json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    for n in GOOD {
+        assert!(stdout.contains(&format!("job '{n}'")), "{stdout}");
+    }
+    assert!(!w.path().join("out").exists());
+    assert!(!w.path().join("r.json").exists());
+}
+
+#[test]
+fn shards_cover_every_job_once_and_merge() {
+    // Works whether jobs succeed or fail: the reports list every job of their shard.
+    let Some(fx) = fixtures() else { return };
+    let w = Work::new(&fx, true);
+    let mut names = Vec::new();
+    for k in 1..=3 {
+        let rep = format!("s{k}.json");
+        let o = w.run(&["--shard", &format!("{k}/3"), "--report", &rep]);
+        assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
+        names.extend(statuses(&w.report(&rep)).into_iter().map(|s| s.0));
+    }
+    names.sort();
+    let mut want: Vec<String> = GOOD.iter().map(|s| s.to_string()).collect();
+    want.push("corrupt".into());
+    want.sort();
+    assert_eq!(names, want);
+
+    let o = batch(
+        w.path(),
+        &[
+            "merge-reports",
+            "s1.json",
+            "s2.json",
+            "s3.json",
+            "-o",
+            "all.json",
+        ],
+    );
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
+    let all = w.report("all.json");
+    assert_eq!(all["summary"]["jobs"], 6);
+    // A shard that never reported: its jobs are added as failed when the manifest is given.
+    let o = batch(
+        w.path(),
+        &[
+            "merge-reports",
+            "s1.json",
+            "s3.json",
+            "-o",
+            "part.json",
+            "--manifest",
+            "m.toml",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let part = w.report("part.json");
+    assert_eq!(part["summary"]["jobs"], 6);
+    let s2 = statuses(&w.report("s2.json"));
+    for (name, status) in statuses(&part) {
+        if s2.iter().any(|s| s.0 == name) {
+            assert_eq!(status, "failed", "{name}");
+        }
+    }
+    // The same report twice: duplicate job names.
+    let o = batch(
+        w.path(),
+        &["merge-reports", "all.json", "s1.json", "-o", "x.json"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is in both"));
+
+    // auto/N reads the index from the environment (0-based).
+    let o = Command::new(env!("CARGO_BIN_EXE_convert-batch"))
+        .current_dir(w.path())
+        .args([
+            "m.toml",
+            "--no-progress",
+            "--shard",
+            "auto/3",
+            "--report",
+            "a.json",
+            "--dry-run",
+        ])
+        .env("JOB_COMPLETION_INDEX", "1")
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .output()
+        .unwrap();
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
+    let s2: Vec<String> = statuses(&w.report("s2.json"))
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    for n in &want {
+        assert_eq!(
+            stdout.contains(&format!("job '{n}'")),
+            s2.contains(n),
+            "auto/3 with index 1 runs shard 2/3: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn bad_manifest_exits_2_with_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("m.toml"),
+        "[[job]]\nname = \"a\"\ninput = \"x.bin\"\noutput = \"y.ckpt\"\n\n[[job]]\nname = \"a\"\ninput = \"z.bin\"\noutput = \"w.ckpt\"\n",
+    )
+    .unwrap();
+    let o = batch(dir.path(), &["m.toml", "--report", "r.json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("m.toml:7: duplicate job name 'a'"), "{err}");
+    assert!(!dir.path().join("r.json").exists());
+
+    std::fs::write(
+        dir.path().join("m.toml"),
+        "[[job]]\ninput = \"x.bin\"\noutput = \"y.ckpt\"\ncolour = \"red\"\n",
+    )
+    .unwrap();
+    let o = batch(dir.path(), &["m.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("m.toml:4: unknown field `colour`"));
+
+    for args in [
+        &["m.toml", "--jobs", "0"][..],
+        &["m.toml", "--shard", "5/3"],
+        &["m.toml", "--memory-budget", "lots"],
+        &[],
+    ] {
+        let o = batch(dir.path(), args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+    }
+}
+
+#[test]
+fn plain_progress_lines_when_stderr_is_not_a_terminal() {
+    let Some(fx) = fixtures() else { return };
+    let w = Work::new(&fx, true);
+    let o = batch(w.path(), &["m.toml", "--jobs", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("convert-batch: [6/6]"), "{err}");
+    assert!(err.contains("failed corrupt"), "{err}");
+    let o = batch(w.path(), &["m.toml", "--jobs", "1", "--no-progress"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).is_empty(),
+        "{}",
+        text(&o)
+    );
+}
