@@ -30,7 +30,12 @@ pub fn touch(ck: &Checkpoint) {
         let n = t.data.len();
         if n <= MAX_MATERIALISE {
             let b = t.data.bytes();
-            assert_eq!(b.len(), n, "tensor '{}': bytes() length differs from len()", t.info.name);
+            assert_eq!(
+                b.len(),
+                n,
+                "tensor '{}': bytes() length differs from len()",
+                t.info.name
+            );
             assert_eq!(
                 n,
                 t.info.nbytes(),

@@ -5,12 +5,24 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Prefix of every temporary output name (`convert_weight::formats::TEMP_PREFIX`).
 pub const TEMP_PREFIX: &str = ".convert-weight-tmp-";
+
+/// `RLIMIT_AS` of every bounded child: an allocation sized by a hostile header fails (and the child aborts, which
+/// the tests report) instead of taking the machine's memory.
+pub const ADDRESS_SPACE_LIMIT: u64 = 2 << 30;
+
+/// `VmHWM` of a live process, KiB.
+fn vm_hwm_kib(pid: libc::pid_t) -> Option<i64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
 
 /// What a bounded run of a binary did.
 #[derive(Debug)]
@@ -21,7 +33,9 @@ pub struct Bounded {
     pub signal: Option<i32>,
     pub stdout: String,
     pub stderr: String,
-    /// Peak resident set of the child (wait4 `ru_maxrss`), KiB.
+    /// Peak resident set of the child as last sampled (`VmHWM`), KiB. Sampled while it runs: a short run may
+    /// show 0. (wait4's `ru_maxrss` is useless here: Linux carries the parent's high-water mark over fork and exec.)
+    /// The hard bound is [`ADDRESS_SPACE_LIMIT`]: an allocation past it fails and the child aborts.
     pub max_rss_kib: i64,
     pub elapsed: Duration,
     /// It ran past the time bound and was killed.
@@ -39,12 +53,26 @@ fn read_all(mut f: File) -> String {
 pub fn run_bounded(bin: &Path, args: &[OsString], timeout: Duration) -> Bounded {
     let out = tempfile::tempfile().expect("temp file for stdout");
     let err = tempfile::tempfile().expect("temp file for stderr");
-    let mut child = Command::new(bin)
-        .args(args)
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out.try_clone().unwrap()))
         .stderr(Stdio::from(err.try_clone().unwrap()))
-        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_BACKTRACE");
+    // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: ADDRESS_SPACE_LIMIT,
+                rlim_max: ADDRESS_SPACE_LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
     let pid = child.id() as libc::pid_t;
@@ -53,11 +81,15 @@ pub fn run_bounded(bin: &Path, args: &[OsString], timeout: Duration) -> Bounded 
     // SAFETY: rusage is plain old data; zeroed is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let mut timed_out = false;
+    let mut peak = 0i64;
     loop {
         // SAFETY: wait4 on our own child with valid out-pointers.
         let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
         if r == pid {
             break;
+        }
+        if let Some(hwm) = vm_hwm_kib(pid) {
+            peak = peak.max(hwm);
         }
         assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
         if start.elapsed() > timeout {
@@ -82,7 +114,7 @@ pub fn run_bounded(bin: &Path, args: &[OsString], timeout: Duration) -> Bounded 
         signal,
         stdout: read_all(out),
         stderr: read_all(err),
-        max_rss_kib: ru.ru_maxrss,
+        max_rss_kib: peak,
         elapsed,
         timed_out,
     }
