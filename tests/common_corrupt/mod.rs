@@ -72,6 +72,8 @@ pub fn run_bounded(bin: &Path, args: &[OsString], timeout: Duration) -> Bounded 
             Ok(())
         });
     }
+    // Reaped below with wait4 (for the child's rusage), not with Child::wait.
+    #[allow(clippy::zombie_processes)]
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
@@ -313,6 +315,7 @@ impl Pickle {
         p.tuple()
     }
     /// One `name: _rebuild_tensor_v2(storage, offset, shape, stride, False, OrderedDict())` item (no MARK around).
+    #[allow(clippy::too_many_arguments)]
     pub fn tensor_item(
         self,
         name: &str,
