@@ -26,4 +26,40 @@ done
 for f in $(find "$here/../jobs" "$here/../examples" -type f -name '*.toml' 2>/dev/null); do
   cp -f "$f" "$c/manifest/$(basename "$f")"
 done
+# Hand-written manifests touching every key (values valid and not).
+cat > "$c/manifest/all_keys.toml" <<'TOML'
+[defaults]
+jobs = 2
+model = "llama"
+dtype = "fp16"
+device = "cpu"
+max_shard_size = "5GB"
+
+[[job]]
+name = "a"
+input = "in/a.bin"
+output = "out/a.ckpt"
+reversed = false
+n_head = 4
+hidden_size = 32
+layers = 2
+
+[[job]]
+name = "b"
+input = "in/b.ckpt"
+output = "out/b/"
+reversed = true
+max_shard_size = 1000000
+TOML
+cat > "$c/manifest/bad_values.toml" <<'TOML'
+[defaults]
+jobs = 0
+[[job]]
+name = "x"
+input = ""
+output = "out/x.weird"
+dtype = "fp8"
+n_head = -1
+max_shard_size = "12 parsecs"
+TOML
 for d in "$c"/*; do echo "$(basename "$d"): $(ls "$d" | wc -l) seeds"; done
