@@ -554,6 +554,36 @@ impl Prepared {
         }
     }
 
+    /// Evaluate output `idx` (into `scratch`'s allocation when computed), check its size, hash it on request.
+    fn evaluate<'a>(
+        &'a self,
+        compute: &Compute,
+        idx: usize,
+        scratch: Vec<u8>,
+        hash: bool,
+    ) -> Result<(usize, crate::exec::Evaluated<'a>, Option<String>), ConvertError> {
+        let item = &self.items[idx];
+        let out = &self.outs[idx];
+        let exec_err = |msg: String| ConvertError::Exec {
+            tensor: item.name.clone(),
+            msg,
+        };
+        let ev = compute
+            .eval_reusing(&item.expr, &self.source.tensors, scratch)
+            .map_err(|e| exec_err(e.0))?;
+        if ev.bytes.len() != out.info.nbytes() {
+            return Err(exec_err(format!(
+                "produced {} bytes, expected {} for {} {:?}",
+                ev.bytes.len(),
+                out.info.nbytes(),
+                out.info.dtype,
+                out.info.shape
+            )));
+        }
+        let h = hash.then(|| hex(&Sha256::digest(&ev.bytes)));
+        Ok((idx, ev, h))
+    }
+
     fn execute(self, ctl: &RunControl) -> Result<JobOutcome, ConvertError> {
         let compute = Compute::from_spec(self.device.as_deref()).map_err(|e| usage(e.0))?;
         let mut writer = if self.target.sharded {
@@ -575,37 +605,53 @@ impl Prepared {
         let mut written = 0u64;
         let mut overflowed = 0u64;
         let mut read = 0u64;
-        for idx in writer.order() {
-            if ctl.cancel.load(Ordering::Relaxed) {
-                return Err(ConvertError::Cancelled);
+        let order = writer.order();
+        // Two stages overlap: a producer thread evaluates tensor k+1 (and hashes it) while this thread writes
+        // tensor k. The rendezvous channel keeps at most two computed tensors alive; written buffers go back to
+        // the producer for reuse, so computed tensors do not fault in fresh pages each time.
+        std::thread::scope(|scope| -> Result<(), ConvertError> {
+            type Produced<'a> = (usize, crate::exec::Evaluated<'a>, Option<String>);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Produced, ConvertError>>(0);
+            let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let order_ref = &order;
+            let compute = &compute;
+            let this = &self;
+            scope.spawn(move || {
+                for &idx in order_ref {
+                    if ctl.cancel.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let scratch = recycle_rx.try_recv().unwrap_or_default();
+                    let r = this.evaluate(compute, idx, scratch, ctl.hash);
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            for _ in 0..order.len() {
+                if ctl.cancel.load(Ordering::Relaxed) {
+                    return Err(ConvertError::Cancelled);
+                }
+                let Ok(produced) = rx.recv() else {
+                    if ctl.cancel.load(Ordering::Relaxed) {
+                        return Err(ConvertError::Cancelled);
+                    }
+                    return Err(usage("internal error: the evaluator stopped early"));
+                };
+                let (idx, ev, hash) = produced?;
+                hashes[idx] = hash;
+                overflowed += ev.overflowed;
+                read += ev.bytes.len() as u64;
+                writer.write(idx, &ev.bytes)?;
+                written += ev.bytes.len() as u64;
+                (ctl.progress)(written);
+                if let std::borrow::Cow::Owned(buf) = ev.bytes {
+                    let _ = recycle_tx.send(buf);
+                }
             }
-            let item = &self.items[idx];
-            let out = &self.outs[idx];
-            let exec_err = |msg: String| ConvertError::Exec {
-                tensor: item.name.clone(),
-                msg,
-            };
-            let ev = compute
-                .eval(&item.expr, &self.source.tensors)
-                .map_err(|e| exec_err(e.0))?;
-            if ev.bytes.len() != out.info.nbytes() {
-                return Err(exec_err(format!(
-                    "produced {} bytes, expected {} for {} {:?}",
-                    ev.bytes.len(),
-                    out.info.nbytes(),
-                    out.info.dtype,
-                    out.info.shape
-                )));
-            }
-            if ctl.hash {
-                hashes[idx] = Some(hex(&Sha256::digest(&ev.bytes)));
-            }
-            overflowed += ev.overflowed;
-            read += ev.bytes.len() as u64;
-            writer.write(idx, &ev.bytes)?;
-            written += ev.bytes.len() as u64;
-            (ctl.progress)(written);
-        }
+            Ok(())
+        })?;
         let files = writer.finish()?;
         let mut warnings = self.warnings.clone();
         if overflowed > 0 {

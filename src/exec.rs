@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use candle_core::{DType as CDType, Device, Tensor};
+use candle_core::{CpuStorage, DType as CDType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::ops::Expr;
@@ -85,6 +85,18 @@ impl Compute {
     /// Evaluate `expr` over `inputs` into the result's row-major bytes, also counting values that a narrowing cast
     /// turned from finite into infinite (reported as a warning).
     pub fn eval<'a>(&self, expr: &Expr, inputs: &'a [TensorEntry]) -> Result<Evaluated<'a>> {
+        self.eval_reusing(expr, inputs, Vec::new())
+    }
+
+    /// [`eval`](Self::eval), building a computed result in `scratch`'s allocation (its contents are discarded), so
+    /// a caller converting many tensors can hand back the previous result's buffer instead of faulting in fresh
+    /// pages for every tensor. A borrowed result leaves `scratch` unused.
+    pub fn eval_reusing<'a>(
+        &self,
+        expr: &Expr,
+        inputs: &'a [TensorEntry],
+        scratch: Vec<u8>,
+    ) -> Result<Evaluated<'a>> {
         if let Some(i) = expr.as_plain_input() {
             return Ok(Evaluated {
                 bytes: input(inputs, i)?.data.bytes(),
@@ -97,23 +109,72 @@ impl Compute {
                 overflowed: 0,
             });
         }
+        // Every fast path overwrites all of `out`: keep its length so that resizing does not zero it again.
+        let mut out = scratch;
         let mut overflowed = 0u64;
-        // A cast of a plain input needs no movement: cast it chunk-wise in parallel.
-        if let Expr::Cast(src, to) = expr {
-            if let Some(b) = borrowed(src, inputs) {
-                let from = infer_dtype(src, inputs)?;
-                let bytes = self.cast_bytes(b, from, *to, &mut overflowed)?;
-                return Ok(Evaluated {
-                    bytes: Cow::Owned(bytes),
-                    overflowed,
-                });
+        let cpu = matches!(self.device, Device::Cpu);
+        match expr {
+            // A cast of (a gather of) an input: chunk-wise in parallel, no movement.
+            Expr::Cast(src, to) if cpu => {
+                if let Some(b) = self.view_bytes(src, inputs)? {
+                    let from = infer_dtype(src, inputs)?;
+                    overflowed += self.cast_into(&b, from, *to, &mut out)?;
+                    return Ok(Evaluated {
+                        bytes: Cow::Owned(out),
+                        overflowed,
+                    });
+                }
+            }
+            // A 2-D transpose of (a gather of) an input: candle transposes of row blocks, in parallel.
+            Expr::Transpose(src) if cpu => {
+                if let Some(b) = self.view_bytes(src, inputs)? {
+                    let (dtype, shape) = shape_of(src, inputs)?;
+                    if let [rows, cols] = shape[..] {
+                        self.transpose_into(&b, dtype, rows, cols, &mut out)?;
+                        return Ok(Evaluated {
+                            bytes: Cow::Owned(out),
+                            overflowed,
+                        });
+                    }
+                }
+            }
+            // Narrows and reshapes of an input whose rows stay contiguous (head splits): copies of those runs.
+            _ => {
+                if let Some((base, runs)) = gather_runs(expr, inputs) {
+                    gather_into(base, &runs, &mut out);
+                    return Ok(Evaluated {
+                        bytes: Cow::Owned(out),
+                        overflowed,
+                    });
+                }
             }
         }
         let (t, dtype) = self.tensor(expr, inputs, &mut overflowed)?;
+        tensor_bytes_into(&t, dtype, &mut out)?;
         Ok(Evaluated {
-            bytes: Cow::Owned(tensor_bytes(&t, dtype)?),
+            bytes: Cow::Owned(out),
             overflowed,
         })
+    }
+
+    /// The row-major bytes of `expr` when it is an input, a contiguous part of one, or a gather of contiguous runs
+    /// of one; `None` when it needs a tensor.
+    fn view_bytes<'a>(
+        &self,
+        expr: &Expr,
+        inputs: &'a [TensorEntry],
+    ) -> Result<Option<Cow<'a, [u8]>>> {
+        if let Some(i) = expr.as_plain_input() {
+            return Ok(Some(input(inputs, i)?.data.bytes()));
+        }
+        if let Some(b) = borrowed(expr, inputs) {
+            return Ok(Some(Cow::Borrowed(b)));
+        }
+        Ok(gather_runs(expr, inputs).map(|(base, runs)| {
+            let mut v = Vec::new();
+            gather_into(base, &runs, &mut v);
+            Cow::Owned(v)
+        }))
     }
 
     fn tensor(
@@ -172,7 +233,7 @@ impl Compute {
                 let t = t.contiguous()?;
                 let out = t.to_dtype(carrier(*to))?;
                 if narrowing(from, *to) {
-                    *overflowed += count_inf(&out)?.saturating_sub(count_inf(&t)?);
+                    *overflowed += count_inf(&out, *to)?.saturating_sub(count_inf(&t, from)?);
                 }
                 (out, *to)
             }
@@ -183,35 +244,90 @@ impl Compute {
         })
     }
 
-    /// Cast a flat buffer of `from` elements to `to`, in parallel chunks, each on a candle tensor.
-    fn cast_bytes(
-        &self,
-        b: &[u8],
-        from: DType,
-        to: DType,
-        overflowed: &mut u64,
-    ) -> Result<Vec<u8>> {
-        const CHUNK: usize = 1 << 20; // elements per chunk
+    /// Cast a flat buffer of `from` elements to `to` into `out`, in parallel chunks, each on a candle tensor small
+    /// enough to stay in cache. Returns the number of finite values that became infinite.
+    fn cast_into(&self, b: &[u8], from: DType, to: DType, out: &mut Vec<u8>) -> Result<u64> {
+        const CHUNK: usize = 1 << 15; // elements per chunk
         let n = b.len() / from.size();
-        let mut out = vec![0u8; n * to.size()];
-        let inf: u64 = out
-            .par_chunks_mut(CHUNK * to.size())
+        out.resize(n * to.size(), 0);
+        let check = narrowing(from, to);
+        out.par_chunks_mut(CHUNK * to.size())
             .zip(b.par_chunks(CHUNK * from.size()))
             .map(|(o, i)| -> Result<u64> {
                 let k = i.len() / from.size();
                 let t = Tensor::from_raw_buffer(i, carrier(from), &[k], &self.device)?;
                 let c = t.to_dtype(carrier(to))?;
-                let over = if narrowing(from, to) {
-                    count_inf(&c)?.saturating_sub(count_inf(&t)?)
+                with_host_bytes(&c, |bytes| o.copy_from_slice(bytes))?;
+                // Values already infinite stay so; only count the input when the output has any.
+                let out_inf = if check { count_inf_bytes(o, to) } else { 0 };
+                Ok(if out_inf > 0 {
+                    out_inf.saturating_sub(count_inf_bytes(i, from))
                 } else {
                     0
-                };
-                o.copy_from_slice(&tensor_bytes(&c, to)?);
-                Ok(over)
+                })
             })
-            .try_reduce(|| 0, |a, b| Ok(a + b))?;
-        *overflowed += inf;
-        Ok(out)
+            .try_reduce(|| 0, |a, b| Ok(a + b))
+    }
+
+    /// Transpose a row-major `[rows, cols]` buffer into `out` (`[cols, rows]`). Row blocks of the input are
+    /// transposed by candle in parallel (each block small enough that its strided reads stay in cache), then their
+    /// rows are placed into the output rows, in parallel over output rows.
+    fn transpose_into(
+        &self,
+        b: &[u8],
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        const BLOCK_BYTES: usize = 256 << 10; // input bytes per candle transpose
+        const GROUP_BYTES: usize = 8 << 20; // input bytes transposed before placing them
+        let es = dtype.size();
+        out.resize(b.len(), 0);
+        if b.is_empty() {
+            return Ok(());
+        }
+        let row_bytes = cols * es;
+        let block_rows = (BLOCK_BYTES / row_bytes.max(1)).clamp(1, rows);
+        let group_rows = (GROUP_BYTES / row_bytes.max(1)).max(block_rows).min(rows);
+        let group_rows = group_rows.div_ceil(block_rows) * block_rows;
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + group_rows).min(rows);
+            let starts: Vec<usize> = (r0..r1).step_by(block_rows).collect();
+            let blocks: Vec<(usize, usize, Tensor)> = starts
+                .par_iter()
+                .map(|&s| -> Result<(usize, usize, Tensor)> {
+                    let e = (s + block_rows).min(r1);
+                    let t = Tensor::from_raw_buffer(
+                        &b[s * row_bytes..e * row_bytes],
+                        carrier(dtype),
+                        &[e - s, cols],
+                        &self.device,
+                    )?;
+                    Ok((s, e - s, t.t()?.contiguous()?))
+                })
+                .collect::<Result<_>>()?;
+            // Hold each block's storage once, then fill output rows in parallel.
+            let guards: Vec<_> = blocks
+                .iter()
+                .map(|(s, n, t)| (*s, *n, t.storage_and_layout()))
+                .collect();
+            let views: Vec<(usize, usize, &[u8])> = guards
+                .iter()
+                .map(|(s, n, (st, layout))| Ok((*s, *n, cpu_bytes(st, layout)?)))
+                .collect::<Result<_>>()?;
+            out.par_chunks_mut(rows * es)
+                .enumerate()
+                .for_each(|(c, orow)| {
+                    for &(s, n, tb) in &views {
+                        orow[s * es..(s + n) * es]
+                            .copy_from_slice(&tb[c * n * es..(c + 1) * n * es]);
+                    }
+                });
+            r0 = r1;
+        }
+        Ok(())
     }
 }
 
@@ -295,34 +411,279 @@ fn narrowing(from: DType, to: DType) -> bool {
 }
 
 /// Number of infinite elements of a floating tensor.
-fn count_inf(t: &Tensor) -> Result<u64> {
-    let t = t.to_dtype(CDType::F32)?.flatten_all()?;
-    let v = t.to_vec1::<f32>()?;
-    Ok(v.par_iter().filter(|x| x.is_infinite()).count() as u64)
+fn count_inf(t: &Tensor, dtype: DType) -> Result<u64> {
+    let t = t.to_device(&Device::Cpu)?.contiguous()?;
+    with_host_bytes(&t, |b| count_inf_bytes(b, dtype))
+}
+
+/// Number of ±inf values in row-major `dtype` bytes, read from their bit patterns (integers have none).
+fn count_inf_bytes(b: &[u8], dtype: DType) -> u64 {
+    /// Count elements of `N` bytes whose little-endian value `v` has `v & mask == inf`, as native words when the
+    /// bytes are aligned for them (a loop the compiler vectorises), else element by element.
+    fn count<T, const N: usize>(b: &[u8], mask: T, inf: T, from_le: fn([u8; N]) -> T) -> u64
+    where
+        T: Copy + PartialEq + std::ops::BitAnd<Output = T> + Send + Sync,
+    {
+        // SAFETY: every bit pattern is a valid unsigned integer; align_to only yields aligned, in-bounds words.
+        let (head, words, tail) = unsafe { b.align_to::<T>() };
+        if head.is_empty() && tail.is_empty() && cfg!(target_endian = "little") {
+            return words
+                .par_chunks(1 << 15)
+                .map(|c| c.iter().filter(|&&v| v & mask == inf).count() as u64)
+                .sum();
+        }
+        b.chunks_exact(N)
+            .filter(|e| <[u8; N]>::try_from(*e).is_ok_and(|a| from_le(a) & mask == inf))
+            .count() as u64
+    }
+    match dtype {
+        DType::F16 => count(b, 0x7FFFu16, 0x7C00, u16::from_le_bytes),
+        DType::BF16 => count(b, 0x7FFFu16, 0x7F80, u16::from_le_bytes),
+        DType::F32 => count(b, 0x7FFF_FFFFu32, 0x7F80_0000, u32::from_le_bytes),
+        DType::F64 => count(
+            b,
+            0x7FFF_FFFF_FFFF_FFFFu64,
+            0x7FF0_0000_0000_0000,
+            u64::from_le_bytes,
+        ),
+        _ => 0,
+    }
+}
+
+/// The bytes of a contiguous CPU storage region (no copy).
+fn cpu_bytes<'s>(storage: &'s Storage, layout: &candle_core::Layout) -> Result<&'s [u8]> {
+    let Storage::Cpu(cpu) = storage else {
+        return Err(ExecError("expected a tensor in host memory".into()));
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| ExecError("expected a contiguous tensor".into()))?;
+    fn bytes_of<T: Copy>(v: &[T], start: usize, end: usize) -> Result<&[u8]> {
+        let s = v
+            .get(start..end)
+            .ok_or_else(|| ExecError("tensor layout out of its storage".into()))?;
+        // SAFETY: plain-old-data elements (integers and IEEE floats) viewed as bytes of a little-endian host;
+        // the byte slice covers exactly the same memory and borrows from `v`.
+        Ok(
+            unsafe {
+                std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s))
+            },
+        )
+    }
+    match cpu {
+        CpuStorage::U8(v) => bytes_of(v, start, end),
+        CpuStorage::U32(v) => bytes_of(v, start, end),
+        CpuStorage::I16(v) => bytes_of(v, start, end),
+        CpuStorage::I32(v) => bytes_of(v, start, end),
+        CpuStorage::I64(v) => bytes_of(v, start, end),
+        CpuStorage::BF16(v) => bytes_of(v, start, end),
+        CpuStorage::F16(v) => bytes_of(v, start, end),
+        CpuStorage::F32(v) => bytes_of(v, start, end),
+        CpuStorage::F64(v) => bytes_of(v, start, end),
+        _ => Err(ExecError("unexpected storage dtype".into())),
+    }
+}
+
+/// Call `f` with the row-major bytes of a contiguous host tensor, read in place from its storage.
+fn with_host_bytes<R>(t: &Tensor, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    Ok(f(cpu_bytes(&storage, layout)?))
+}
+
+/// Row-major bytes of a tensor into `out` (replacing its contents; copied to the host when it lives on a GPU).
+fn tensor_bytes_into(t: &Tensor, dtype: DType, out: &mut Vec<u8>) -> Result<()> {
+    if t.dtype() != carrier(dtype) {
+        return Err(ExecError(format!(
+            "tensor holds {:?}, expected {dtype}",
+            t.dtype()
+        )));
+    }
+    let t = t.to_device(&Device::Cpu)?.contiguous()?;
+    with_host_bytes(&t, |b| {
+        out.clear();
+        out.extend_from_slice(b);
+    })
 }
 
 /// Row-major bytes of a tensor (copied to the host when it lives on a GPU).
 pub fn tensor_bytes(t: &Tensor, dtype: DType) -> Result<Vec<u8>> {
-    let t = t.to_device(&Device::Cpu)?.contiguous()?.flatten_all()?;
-    fn raw<T: Copy>(v: Vec<T>) -> Vec<u8> {
-        let n = std::mem::size_of_val(v.as_slice());
-        let mut out = vec![0u8; n];
-        // SAFETY: plain-old-data elements viewed as bytes (little-endian host).
-        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr() as *const u8, out.as_mut_ptr(), n) };
+    let mut out = Vec::new();
+    tensor_bytes_into(t, dtype, &mut out)?;
+    Ok(out)
+}
+
+/// A view of one input's bytes: element offset, shape and element strides.
+struct View {
+    offset: usize,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+}
+
+impl View {
+    fn row_major(shape: Vec<usize>) -> View {
+        let mut strides = vec![1; shape.len()];
+        for k in (0..shape.len().saturating_sub(1)).rev() {
+            strides[k] = strides[k + 1] * shape[k + 1];
+        }
+        View {
+            offset: 0,
+            shape,
+            strides,
+        }
+    }
+
+    fn is_row_major(&self) -> bool {
+        let mut expect = 1;
+        for (&d, &s) in self.shape.iter().zip(&self.strides).rev() {
+            if d != 1 && s != expect {
+                return false;
+            }
+            expect *= d;
+        }
+        true
+    }
+
+    /// Element ranges of the view in row-major order, the innermost contiguous dims merged into one run.
+    fn runs(&self) -> Vec<std::ops::Range<usize>> {
+        // Merge trailing dims that are contiguous with each other.
+        let mut run = 1;
+        let mut k = self.shape.len();
+        while k > 0 && (self.shape[k - 1] == 1 || self.strides[k - 1] == run) {
+            run *= self.shape[k - 1];
+            k -= 1;
+        }
+        let outer = &self.shape[..k];
+        let total: usize = outer.iter().product();
+        let mut out = Vec::with_capacity(total);
+        let mut idx = vec![0usize; k];
+        for _ in 0..total {
+            let start = self.offset
+                + idx
+                    .iter()
+                    .zip(&self.strides)
+                    .map(|(i, s)| i * s)
+                    .sum::<usize>();
+            out.push(start..start + run);
+            for d in (0..k).rev() {
+                idx[d] += 1;
+                if idx[d] < outer[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
         out
     }
-    Ok(match carrier(dtype) {
-        CDType::U8 => t.to_vec1::<u8>()?,
-        CDType::U32 => raw(t.to_vec1::<u32>()?),
-        CDType::I16 => raw(t.to_vec1::<i16>()?),
-        CDType::I32 => raw(t.to_vec1::<i32>()?),
-        CDType::I64 => raw(t.to_vec1::<i64>()?),
-        CDType::BF16 => raw(t.to_vec1::<half::bf16>()?),
-        CDType::F16 => raw(t.to_vec1::<half::f16>()?),
-        CDType::F32 => raw(t.to_vec1::<f32>()?),
-        CDType::F64 => raw(t.to_vec1::<f64>()?),
-        other => return Err(ExecError(format!("unexpected carrier dtype {other:?}"))),
-    })
+}
+
+/// A view (or an ordered list of runs, once a reshape cannot be expressed with strides) of one input.
+enum Gather {
+    View(View),
+    Runs(Vec<std::ops::Range<usize>>),
+}
+
+/// Runs shorter than this on average are left to candle (a per-run copy would cost more than it moves).
+const MIN_RUN_BYTES: usize = 256;
+
+/// If `expr` is narrows and reshapes of one input whose bytes are contiguous in memory, that input's bytes and
+/// the byte ranges of `expr`'s elements, in order.
+fn gather_runs<'a>(
+    expr: &Expr,
+    inputs: &'a [TensorEntry],
+) -> Option<(&'a [u8], Vec<std::ops::Range<usize>>)> {
+    fn walk<'a>(
+        expr: &Expr,
+        inputs: &'a [TensorEntry],
+    ) -> Option<(&'a [u8], DType, Vec<usize>, Gather)> {
+        match expr {
+            Expr::Input(i) => {
+                let e = inputs.get(*i)?;
+                let b = match e.data.bytes() {
+                    Cow::Borrowed(b) => b,
+                    Cow::Owned(_) => return None,
+                };
+                let shape = e.info.shape.clone();
+                Some((
+                    b,
+                    e.info.dtype,
+                    shape.clone(),
+                    Gather::View(View::row_major(shape)),
+                ))
+            }
+            Expr::Reshape(src, shape) => {
+                let (b, d, _, g) = walk(src, inputs)?;
+                let g = match g {
+                    Gather::View(v) if v.is_row_major() => Gather::View(View {
+                        offset: v.offset,
+                        ..View::row_major(shape.clone())
+                    }),
+                    Gather::View(v) => Gather::Runs(v.runs()),
+                    runs => runs,
+                };
+                Some((b, d, shape.clone(), g))
+            }
+            Expr::Narrow {
+                src,
+                dim,
+                start,
+                len,
+            } => {
+                let (b, d, mut shape, g) = walk(src, inputs)?;
+                let mut v = match g {
+                    Gather::View(v) => v,
+                    Gather::Runs(r) if r.len() == 1 => View {
+                        offset: r[0].start,
+                        ..View::row_major(shape.clone())
+                    },
+                    Gather::Runs(_) => return None,
+                };
+                let stride = *v.strides.get(*dim)?;
+                if start.checked_add(*len)? > *shape.get(*dim)? {
+                    return None;
+                }
+                v.offset += start * stride;
+                v.shape[*dim] = *len;
+                shape[*dim] = *len;
+                Some((b, d, shape, Gather::View(v)))
+            }
+            _ => None,
+        }
+    }
+    let (b, dtype, _, g) = walk(expr, inputs)?;
+    let runs = match g {
+        Gather::View(v) => v.runs(),
+        Gather::Runs(r) => r,
+    };
+    let es = dtype.size();
+    let total: usize = runs.iter().map(|r| r.len()).sum::<usize>() * es;
+    if runs.is_empty() || total / runs.len() < MIN_RUN_BYTES {
+        return None;
+    }
+    let byte_runs = runs
+        .into_iter()
+        .map(|r| r.start * es..r.end * es)
+        .collect::<Vec<_>>();
+    byte_runs
+        .iter()
+        .all(|r| r.end <= b.len())
+        .then_some((b, byte_runs))
+}
+
+/// Concatenate byte ranges of `base` into `out` (replacing its contents), in parallel.
+fn gather_into(base: &[u8], runs: &[std::ops::Range<usize>], out: &mut Vec<u8>) {
+    let total = runs.iter().map(|r| r.len()).sum();
+    out.resize(total, 0); // every byte is overwritten below
+
+    let mut pieces = Vec::with_capacity(runs.len());
+    let mut rest: &mut [u8] = out;
+    for r in runs {
+        let (head, tail) = rest.split_at_mut(r.len());
+        pieces.push((head, &base[r.clone()]));
+        rest = tail;
+    }
+    pieces
+        .into_par_iter()
+        .for_each(|(o, i)| o.copy_from_slice(i));
 }
 
 #[cfg(test)]
@@ -414,5 +775,125 @@ mod tests {
             .unwrap();
         assert_eq!(t.overflowed, 1);
         assert_eq!(t.bytes.len(), 8);
+    }
+
+    /// The result of the general candle path, for comparison with the fast paths.
+    fn via_candle(c: &Compute, expr: &Expr, inputs: &[TensorEntry]) -> (Vec<u8>, u64) {
+        let mut o = 0;
+        let (t, d) = c.tensor(expr, inputs, &mut o).unwrap();
+        (tensor_bytes(&t, d).unwrap(), o)
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn blocked_transpose_matches_candle() {
+        let c = Compute::cpu();
+        // shapes: one block, several blocks with a ragged last one, several groups (> 8 MiB), a single row/column
+        for (d, r, k) in [
+            (DType::F16, 3, 5),
+            (DType::F32, 1000, 77),
+            (DType::BF16, 4099, 1100),
+            (DType::U8, 1, 9),
+            (DType::F64, 9, 1),
+        ] {
+            let inputs = vec![entry("w", d, vec![r, k], pattern(r * k * d.size()))];
+            let e = Expr::input(0).transpose();
+            let fast = c.eval(&e, &inputs).unwrap();
+            assert_eq!(
+                fast.bytes.as_ref(),
+                via_candle(&c, &e, &inputs).0,
+                "{d} [{r}, {k}]"
+            );
+        }
+    }
+
+    #[test]
+    fn head_split_gathers_rows_like_candle() {
+        let c = Compute::cpu();
+        let (nh, hd, h) = (4, 8, 32); // rows of 32 f32 = 128 bytes; runs of hd rows = 1 KiB
+        let inputs = vec![entry(
+            "qkv",
+            DType::F32,
+            vec![3 * nh * hd, h],
+            pattern(3 * nh * hd * h * 4),
+        )];
+        for k in 0..3 {
+            let e = Expr::input(0)
+                .reshape(vec![nh, 3, hd, h])
+                .narrow(1, k, 1)
+                .reshape(vec![nh * hd, h]);
+            assert!(gather_runs(&e, &inputs).is_some());
+            let fast = c.eval(&e, &inputs).unwrap();
+            assert_eq!(fast.bytes.as_ref(), via_candle(&c, &e, &inputs).0);
+            // followed by a transpose, and by a cast
+            let t = e.clone().transpose();
+            assert_eq!(
+                c.eval(&t, &inputs).unwrap().bytes.as_ref(),
+                via_candle(&c, &t, &inputs).0
+            );
+        }
+        // column blocks: runs too short for a gather, left to candle, same bytes
+        let e = Expr::input(0).narrow(1, 4, 2);
+        assert!(gather_runs(&e, &inputs).is_none());
+        assert_eq!(
+            c.eval(&e, &inputs).unwrap().bytes.as_ref(),
+            via_candle(&c, &e, &inputs).0
+        );
+        // a narrow after a reshape of a gather: not a gather, still correct
+        let e = Expr::input(0)
+            .reshape(vec![nh, 3, hd, h])
+            .narrow(1, 1, 1)
+            .reshape(vec![nh * hd, h])
+            .narrow(1, 0, 16);
+        assert_eq!(
+            c.eval(&e, &inputs).unwrap().bytes.as_ref(),
+            via_candle(&c, &e, &inputs).0
+        );
+    }
+
+    #[test]
+    fn chunked_cast_matches_candle_and_counts_overflow() {
+        let c = Compute::cpu();
+        // more than one chunk, overflowing values spread over chunks, an input inf that is not counted
+        let n = 3 * (1 << 15) + 123;
+        let mut v: Vec<f32> = (0..n).map(|i| (i as f32 - 5000.0) * 0.37).collect();
+        v[10] = 70000.0;
+        v[40000] = -1e30;
+        v[n - 1] = f32::INFINITY;
+        let inputs = vec![entry("x", DType::F32, vec![n], f32s(&v))];
+        for to in [DType::F16, DType::BF16, DType::F64] {
+            let e = Expr::input(0).cast(to);
+            let fast = c.eval(&e, &inputs).unwrap();
+            let (slow, _) = via_candle(&c, &e, &inputs);
+            assert_eq!(fast.bytes.as_ref(), slow, "{to}");
+            let want = if to == DType::F16 { 2 } else { 0 };
+            assert_eq!(fast.overflowed, want, "{to}");
+        }
+        // reusing a buffer gives the same result
+        let e = Expr::input(0).cast(DType::F16);
+        let again = c.eval_reusing(&e, &inputs, vec![7u8; 10]).unwrap();
+        assert_eq!(
+            again.bytes.as_ref(),
+            c.eval(&e, &inputs).unwrap().bytes.as_ref()
+        );
+    }
+
+    #[test]
+    fn inf_counting_reads_bit_patterns() {
+        let h = [0x7C00u16, 0xFC00, 0x7E00, 0x3C00];
+        let b: Vec<u8> = h.iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(count_inf_bytes(&b, DType::F16), 2);
+        // the same bytes at an odd address take the element-by-element path
+        let mut odd = vec![0u8];
+        odd.extend_from_slice(&b);
+        assert_eq!(count_inf_bytes(&odd[1..], DType::F16), 2);
+        let f = f32s(&[f32::INFINITY, f32::NAN, -f32::INFINITY, 1.0]);
+        assert_eq!(count_inf_bytes(&f, DType::F32), 2);
+        assert_eq!(count_inf_bytes(&f, DType::I32), 0);
     }
 }

@@ -262,7 +262,14 @@ pub fn create_single_writer(
 pub struct AtomicFile {
     path: PathBuf,
     out: BufWriter<tempfile::NamedTempFile>,
+    /// Logical write position (bytes handed to the buffer, seeks applied).
+    pos: u64,
+    /// End of the range already handed to the kernel for writeback.
+    kicked: u64,
 }
+
+/// Bytes written before the kernel is asked to start writing them back (so `commit`'s fsync waits for the tail only).
+const WRITEBACK_STEP: u64 = 32 << 20;
 
 /// Prefix of every temporary output name, so a later run can find and remove leftovers of a killed one.
 pub const TEMP_PREFIX: &str = ".convert-weight-tmp-";
@@ -290,6 +297,8 @@ impl AtomicFile {
         Ok(AtomicFile {
             path: path.to_path_buf(),
             out: BufWriter::with_capacity(8 << 20, tmp),
+            pos: 0,
+            kicked: 0,
         })
     }
 
@@ -302,7 +311,33 @@ impl AtomicFile {
     pub fn put(&mut self, buf: &[u8]) -> Result<()> {
         self.out
             .write_all(buf)
-            .map_err(|e| FormatError::io(&self.path, e))
+            .map_err(|e| FormatError::io(&self.path, e))?;
+        self.advance(buf.len());
+        Ok(())
+    }
+
+    /// Account for `n` bytes written; once enough reached the file, start their writeback (advisory: the data is
+    /// made durable by `commit`'s fsync either way).
+    fn advance(&mut self, n: usize) {
+        self.pos += n as u64;
+        let in_file = self.pos.saturating_sub(self.out.buffer().len() as u64);
+        if in_file >= self.kicked + WRITEBACK_STEP {
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::fd::AsRawFd;
+                let fd = self.out.get_ref().as_file().as_raw_fd();
+                // SAFETY: plain syscall on a file descriptor we own; failure only loses the hint.
+                unsafe {
+                    libc::sync_file_range(
+                        fd,
+                        self.kicked as libc::off64_t,
+                        (in_file - self.kicked) as libc::off64_t,
+                        libc::SYNC_FILE_RANGE_WRITE,
+                    )
+                };
+            }
+            self.kicked = in_file;
+        }
     }
 
     /// Flush, fsync and rename into place.
@@ -323,7 +358,9 @@ impl AtomicFile {
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.write(buf)
+        let n = self.out.write(buf)?;
+        self.advance(n);
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
@@ -332,6 +369,9 @@ impl Write for AtomicFile {
 
 impl Seek for AtomicFile {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        self.out.seek(pos)
+        let p = self.out.seek(pos)?;
+        self.pos = p;
+        self.kicked = self.kicked.min(p);
+        Ok(p)
     }
 }

@@ -1,0 +1,1411 @@
+//! Performance benchmark: converts synthetic checkpoints with real 7B shapes (hidden 4096, intermediate 11008,
+//! vocab 32000, 32 heads; the layer count scales with `--size`) and compares every case with `cp` of the same input,
+//! measured in the same run. Prints one markdown table: case, median seconds, GB/s, ratio to `cp`, peak RSS
+//! (`VmHWM`), peak anonymous memory and its ratio to the largest tensor, and the issue's target.
+//!
+//! ```text
+//! cargo build --release && cargo run --release --example bench -- --size 2GiB
+//! ```
+//!
+//! Each case runs the release `convert-weight` (or `convert-batch`) binary as a child process: wall time around the
+//! child, its peak RSS from `wait4`'s `ru_maxrss`, and `RssAnon`/`RssFile` sampled from `/proc/<pid>/status` every
+//! 2 ms (file pages of the read-only input map are page cache the kernel may drop, not memory the process holds).
+//! Every case runs once untimed first (warm page cache), then `--runs` times; `sync` runs between runs, outside
+//! the timing. Inputs are generated with the project's own writers, streamed tensor by tensor, and cached in
+//! `--cache` (default `target/bench-cache`). The program exits non-zero only when a conversion fails, never
+//! because a case is slow.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use convert_weight::formats::{self, sharded::parse_size, OutTensor, OutputFormat, WriteOptions};
+use convert_weight::tensor::{DType, TensorInfo};
+use rayon::prelude::*;
+use serde_json::json;
+
+const HIDDEN: usize = 4096;
+const INTER: usize = 11008;
+const VOCAB: usize = 32000;
+const HEADS: usize = 32;
+const MIB: u64 = 1 << 20;
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Benchmark convert-weight against cp and the Python way on synthetic 7B-shaped checkpoints"
+)]
+struct Args {
+    /// Approximate size of each synthetic checkpoint (fp16); sets the layer count.
+    #[arg(long, default_value = "2GiB")]
+    size: String,
+    /// Where generated inputs are cached between runs (outputs go to its `out/`, removed after each run).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Timed runs per case (after one untimed warm-up); the table shows the median.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Compute device passed to every conversion (`cpu`, `cuda`, `cuda:N`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Directory holding the release `convert-weight` and `convert-batch` binaries (default: next to this program).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Python with torch for the comparison with the Python way (default: `python3`).
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Only run cases whose name contains one of these words (comma-separated), e.g. `cast,bloom`.
+    #[arg(long)]
+    only: Option<String>,
+    /// `--memory-budget` passed to `convert-batch`.
+    #[arg(long, default_value = "4GiB")]
+    memory_budget: String,
+    /// Only generate the inputs (the benchmark runs this in a child process, so that its own peak memory does not
+    /// show in the children's `ru_maxrss`).
+    #[arg(long, hide = true)]
+    generate_only: bool,
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Synthetic inputs
+
+/// Which tensor names and shapes a synthetic checkpoint has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// HF llama names (`model.layers.N.self_attn.q_proj.weight`...).
+    LlamaHf,
+    /// MindFormers llama names (`model.layers.N.attention.wq.weight`...), as a forward conversion writes them.
+    LlamaMs,
+    /// HF bloom names (`h.N.self_attention.query_key_value.weight`...), unprefixed, vocab 32000.
+    Bloom,
+}
+
+/// One synthetic input file.
+#[derive(Clone, Copy, Debug)]
+struct InputDef {
+    key: &'static str,
+    layout: Layout,
+    dtype: DType,
+    format: OutputFormat,
+    file: &'static str,
+    /// Only made when this other input cannot be (a stand-in while a writer is missing).
+    fallback_for: Option<&'static str>,
+}
+
+const INPUTS: &[InputDef] = &[
+    InputDef {
+        key: "llama-f16-st",
+        layout: Layout::LlamaHf,
+        dtype: DType::F16,
+        format: OutputFormat::Safetensors,
+        file: "model.safetensors",
+        fallback_for: None,
+    },
+    InputDef {
+        key: "llama-bf16-st",
+        layout: Layout::LlamaHf,
+        dtype: DType::BF16,
+        format: OutputFormat::Safetensors,
+        file: "model.safetensors",
+        fallback_for: None,
+    },
+    InputDef {
+        key: "llama-f16-bin",
+        layout: Layout::LlamaHf,
+        dtype: DType::F16,
+        format: OutputFormat::Torch,
+        file: "pytorch_model.bin",
+        fallback_for: None,
+    },
+    InputDef {
+        key: "llama-f16-ckpt",
+        layout: Layout::LlamaMs,
+        dtype: DType::F16,
+        format: OutputFormat::Ckpt,
+        file: "model.ckpt",
+        fallback_for: None,
+    },
+    InputDef {
+        key: "bloom-f16-bin",
+        layout: Layout::Bloom,
+        dtype: DType::F16,
+        format: OutputFormat::Torch,
+        file: "pytorch_model.bin",
+        fallback_for: None,
+    },
+    InputDef {
+        key: "bloom-f16-st",
+        layout: Layout::Bloom,
+        dtype: DType::F16,
+        format: OutputFormat::Safetensors,
+        file: "model.safetensors",
+        fallback_for: Some("bloom-f16-bin"),
+    },
+];
+
+/// Per-layer tensors of a layout, `{i}` standing for the layer number.
+fn layer_pattern(layout: Layout) -> Vec<(&'static str, Vec<usize>)> {
+    let (h, i) = (HIDDEN, INTER);
+    match layout {
+        Layout::LlamaHf => vec![
+            ("model.layers.{i}.self_attn.q_proj.weight", vec![h, h]),
+            ("model.layers.{i}.self_attn.k_proj.weight", vec![h, h]),
+            ("model.layers.{i}.self_attn.v_proj.weight", vec![h, h]),
+            ("model.layers.{i}.self_attn.o_proj.weight", vec![h, h]),
+            ("model.layers.{i}.mlp.gate_proj.weight", vec![i, h]),
+            ("model.layers.{i}.mlp.down_proj.weight", vec![h, i]),
+            ("model.layers.{i}.mlp.up_proj.weight", vec![i, h]),
+            ("model.layers.{i}.input_layernorm.weight", vec![h]),
+            ("model.layers.{i}.post_attention_layernorm.weight", vec![h]),
+        ],
+        Layout::LlamaMs => vec![
+            ("model.layers.{i}.attention.wq.weight", vec![h, h]),
+            ("model.layers.{i}.attention.wk.weight", vec![h, h]),
+            ("model.layers.{i}.attention.wv.weight", vec![h, h]),
+            ("model.layers.{i}.attention.wo.weight", vec![h, h]),
+            ("model.layers.{i}.feed_forward.w1.weight", vec![i, h]),
+            ("model.layers.{i}.feed_forward.w2.weight", vec![h, i]),
+            ("model.layers.{i}.feed_forward.w3.weight", vec![i, h]),
+            ("model.layers.{i}.attention_norm.weight", vec![h]),
+            ("model.layers.{i}.ffn_norm.weight", vec![h]),
+        ],
+        Layout::Bloom => vec![
+            ("h.{i}.input_layernorm.weight", vec![h]),
+            ("h.{i}.input_layernorm.bias", vec![h]),
+            (
+                "h.{i}.self_attention.query_key_value.weight",
+                vec![3 * h, h],
+            ),
+            ("h.{i}.self_attention.query_key_value.bias", vec![3 * h]),
+            ("h.{i}.self_attention.dense.weight", vec![h, h]),
+            ("h.{i}.self_attention.dense.bias", vec![h]),
+            ("h.{i}.post_attention_layernorm.weight", vec![h]),
+            ("h.{i}.post_attention_layernorm.bias", vec![h]),
+            ("h.{i}.mlp.dense_h_to_4h.weight", vec![4 * h, h]),
+            ("h.{i}.mlp.dense_h_to_4h.bias", vec![4 * h]),
+            ("h.{i}.mlp.dense_4h_to_h.weight", vec![h, 4 * h]),
+            ("h.{i}.mlp.dense_4h_to_h.bias", vec![h]),
+        ],
+    }
+}
+
+/// (head tensors, tail tensors) around the layers.
+type Ends = (
+    Vec<(&'static str, Vec<usize>)>,
+    Vec<(&'static str, Vec<usize>)>,
+);
+
+fn ends(layout: Layout) -> Ends {
+    let (h, v) = (HIDDEN, VOCAB);
+    match layout {
+        Layout::LlamaHf => (
+            vec![("model.embed_tokens.weight", vec![v, h])],
+            vec![
+                ("model.norm.weight", vec![h]),
+                ("lm_head.weight", vec![v, h]),
+            ],
+        ),
+        Layout::LlamaMs => (
+            vec![("model.tok_embeddings.embedding_weight", vec![v, h])],
+            vec![
+                ("model.norm_out.weight", vec![h]),
+                ("lm_head.weight", vec![v, h]),
+            ],
+        ),
+        Layout::Bloom => (
+            vec![
+                ("word_embeddings.weight", vec![v, h]),
+                ("word_embeddings_layernorm.weight", vec![h]),
+                ("word_embeddings_layernorm.bias", vec![h]),
+            ],
+            vec![("ln_f.weight", vec![h]), ("ln_f.bias", vec![h])],
+        ),
+    }
+}
+
+fn elems(list: &[(&str, Vec<usize>)]) -> u64 {
+    list.iter()
+        .map(|(_, s)| s.iter().product::<usize>() as u64)
+        .sum()
+}
+
+/// Layers that bring a layout closest to `size` bytes in fp16 (at least 1).
+fn layers_for(layout: Layout, size: u64) -> usize {
+    let (head, tail) = ends(layout);
+    let fixed = 2 * (elems(&head) + elems(&tail));
+    let per = 2 * elems(&layer_pattern(layout));
+    let n = (size.saturating_sub(fixed) as f64 / per as f64).round() as usize;
+    n.max(1)
+}
+
+fn tensors(layout: Layout, layers: usize, dtype: DType) -> Vec<TensorInfo> {
+    let (head, tail) = ends(layout);
+    let pattern = layer_pattern(layout);
+    let mut out: Vec<TensorInfo> = head
+        .iter()
+        .map(|(n, s)| TensorInfo::new(*n, dtype, s.clone()))
+        .collect();
+    for i in 0..layers {
+        for (n, s) in &pattern {
+            out.push(TensorInfo::new(
+                n.replace("{i}", &i.to_string()),
+                dtype,
+                s.clone(),
+            ));
+        }
+    }
+    out.extend(
+        tail.iter()
+            .map(|(n, s)| TensorInfo::new(*n, dtype, s.clone())),
+    );
+    out
+}
+
+/// Deterministic, finite half-precision values in ±[2^-10, 1): random sign and mantissa, exponent in a narrow band
+/// (no value overflows a bf16 → fp16 cast).
+fn fill(buf: &mut [u8], dtype: DType, seed: u64) {
+    const CHUNK: usize = 1 << 20;
+    buf.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut s = seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for pair in chunk.chunks_exact_mut(2) {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let r = s as u16;
+                let sign = r & 0x8000;
+                let exp = u16::from(((s >> 20) % 10) as u8);
+                let bits = match dtype {
+                    DType::BF16 => sign | ((117 + exp) << 7) | (r & 0x7F),
+                    _ => sign | ((5 + exp) << 10) | (r & 0x3FF),
+                };
+                pair.copy_from_slice(&bits.to_le_bytes());
+            }
+        });
+}
+
+fn config_json(layout: Layout, layers: usize, dtype: DType) -> serde_json::Value {
+    let torch_dtype = if dtype == DType::BF16 {
+        "bfloat16"
+    } else {
+        "float16"
+    };
+    match layout {
+        Layout::Bloom => json!({
+            "architectures": ["BloomForCausalLM"], "model_type": "bloom", "hidden_size": HIDDEN,
+            "n_head": HEADS, "n_layer": layers, "vocab_size": VOCAB, "torch_dtype": torch_dtype,
+        }),
+        _ => json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
+            "intermediate_size": INTER, "num_attention_heads": HEADS, "num_key_value_heads": HEADS,
+            "num_hidden_layers": layers, "vocab_size": VOCAB, "rms_norm_eps": 1e-6,
+            "torch_dtype": torch_dtype,
+        }),
+    }
+}
+
+/// Whether an input is already in the cache.
+fn is_complete(cache: &Path, def: &InputDef, size: u64) -> bool {
+    cache
+        .join(format!("{}-L{}", def.key, layers_for(def.layout, size)))
+        .join(".complete")
+        .exists()
+}
+
+/// A generated input: its file and its largest tensor.
+#[derive(Clone, Debug)]
+struct Input {
+    path: PathBuf,
+    bytes: u64,
+    largest: u64,
+    layers: usize,
+}
+
+/// Generate (or find cached) one input. `Err` when the project cannot write this format (yet).
+fn ensure_input(cache: &Path, def: &InputDef, size: u64) -> Result<Input, String> {
+    let layers = layers_for(def.layout, size);
+    let dir = cache.join(format!("{}-L{layers}", def.key));
+    let path = dir.join(def.file);
+    let done = dir.join(".complete");
+    let infos = tensors(def.layout, layers, def.dtype);
+    let largest = infos.iter().map(|t| t.nbytes() as u64).max().unwrap_or(0);
+    if !done.exists() {
+        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        eprint!("generating {} ... ", path.display());
+        let t0 = Instant::now();
+        let outs: Vec<OutTensor> = infos
+            .iter()
+            .map(|info| OutTensor {
+                info: info.clone(),
+                tied_to: None,
+            })
+            .collect();
+        let opts = WriteOptions::default();
+        let mut w = formats::create_single_writer(def.format, &path, &outs, &opts)
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        for idx in w.order() {
+            let n = infos[idx].nbytes();
+            buf.resize(n, 0);
+            fill(&mut buf, def.dtype, idx as u64 + 1);
+            w.write(idx, &buf).map_err(|e| e.to_string())?;
+        }
+        w.finish().map_err(|e| e.to_string())?;
+        let cfg = config_json(def.layout, layers, def.dtype);
+        fs::write(dir.join("config.json"), format!("{cfg:#}\n"))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        fs::write(&done, b"").map_err(|e| format!("{}: {e}", done.display()))?;
+        eprintln!("{:.1} s", t0.elapsed().as_secs_f64());
+    }
+    let bytes = fs::metadata(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    Ok(Input {
+        path,
+        bytes,
+        largest,
+        layers,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Measuring a child process
+
+/// What one child run cost.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    secs: f64,
+    /// Peak resident set (KiB, sampled `VmHWM`), file pages of maps included.
+    maxrss_kb: u64,
+    /// Peak sampled `RssAnon` (+ `RssShmem`) (KiB): memory the process itself holds.
+    anon_kb: u64,
+}
+
+/// A finished child: its cost, or why it failed.
+struct Outcome {
+    sample: Sample,
+    ok: bool,
+    log: String,
+}
+
+/// (`RssAnon + RssShmem`, `VmHWM`) of a process (KiB).
+fn status_mem(pid: i32) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mut anon = 0;
+    let mut hwm = 0;
+    for line in text.lines() {
+        let field = |prefix: &str| -> Option<u64> {
+            line.strip_prefix(prefix)?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        };
+        if let Some(v) = field("RssAnon:") {
+            anon += v;
+        } else if let Some(v) = field("RssShmem:") {
+            anon += v;
+        } else if let Some(v) = field("VmHWM:") {
+            hwm = v;
+        }
+    }
+    Some((anon, hwm))
+}
+
+/// Run `cmd` to completion, timing it and sampling its memory. stdout and stderr go to `log`.
+fn measure(mut cmd: Command, log: &Path) -> Result<Outcome, String> {
+    let out = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err));
+    let t0 = Instant::now();
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let pid = child.id() as i32;
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(Mutex::new((0u64, 0u64)));
+    let sampler = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some((a, h)) = status_mem(pid) {
+                    if let Ok(mut p) = peak.lock() {
+                        p.0 = p.0.max(a);
+                        p.1 = p.1.max(h);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let mut status = 0i32;
+    // SAFETY: zeroed rusage is a valid value of a plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waiting for our own child with valid out-pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(format!("wait4: {e}"));
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    drop(child);
+    let (anon_kb, hwm_kb) = peak.lock().map(|p| *p).unwrap_or((0, 0));
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let log_text = fs::read_to_string(log).unwrap_or_default();
+    Ok(Outcome {
+        sample: Sample {
+            secs,
+            // ru_maxrss starts at this process's own peak (a spawned child shares its memory until exec): the
+            // inputs are generated in another process so that this one stays at a few MiB.
+            maxrss_kb: if hwm_kb > 0 {
+                hwm_kb
+            } else {
+                ru.ru_maxrss.max(0) as u64
+            },
+            anon_kb,
+        },
+        ok,
+        log: log_text,
+    })
+}
+
+fn sync_all() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Summary of the timed runs of one case.
+#[derive(Clone, Debug)]
+struct Stat {
+    secs: f64,
+    maxrss_kb: u64,
+    anon_kb: u64,
+}
+
+/// `cp` of a case's input, run right before each run of the case so that both see the same machine load.
+struct Baseline {
+    src: PathBuf,
+    dst: PathBuf,
+}
+
+/// The paired baseline's figures: `cp` alone, and `cp` followed by an fsync of the copy.
+struct BaselineStat {
+    cp: Stat,
+    cp_fsync: f64,
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Run a case: one untimed warm-up, then `runs` timed runs (each after a timed `cp` of the input when `baseline`
+/// is given). `make` builds the command; `cleanup` removes its outputs.
+fn bench_case(
+    runs: usize,
+    logs: &Path,
+    label: &str,
+    make: &dyn Fn() -> Command,
+    cleanup: &dyn Fn(),
+    baseline: Option<&Baseline>,
+) -> Result<(Stat, Option<BaselineStat>), String> {
+    let stem = label.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+    let mut samples = Vec::new();
+    let mut cps = Vec::new();
+    let mut cp_fsyncs = Vec::new();
+    for k in 0..=runs {
+        if let Some(b) = baseline {
+            let _ = fs::remove_file(&b.dst);
+            sync_all();
+            let mut c = Command::new("cp");
+            c.arg(&b.src).arg(&b.dst);
+            let o = measure(c, &logs.join(format!("{stem}.cp.{k}.log")))?;
+            if !o.ok {
+                return Err(format!(
+                    "cp {}: failed: {}",
+                    b.src.display(),
+                    last_lines(&o.log, 4)
+                ));
+            }
+            let t0 = Instant::now();
+            let synced = fs::File::open(&b.dst).and_then(|f| f.sync_all());
+            let fsync = t0.elapsed().as_secs_f64();
+            let _ = fs::remove_file(&b.dst);
+            if k > 0 {
+                if synced.is_ok() {
+                    cp_fsyncs.push(o.sample.secs + fsync);
+                }
+                cps.push(o.sample);
+            }
+        }
+        cleanup();
+        sync_all();
+        let o = measure(make(), &logs.join(format!("{stem}.{k}.log")))?;
+        if !o.ok {
+            cleanup();
+            return Err(format!("{label}: failed:\n{}", last_lines(&o.log, 8)));
+        }
+        if k > 0 {
+            samples.push(o.sample);
+        }
+    }
+    cleanup();
+    sync_all();
+    let stat = |v: &[Sample]| Stat {
+        secs: median(v.iter().map(|s| s.secs).collect()),
+        maxrss_kb: v.iter().map(|s| s.maxrss_kb).max().unwrap_or(0),
+        anon_kb: v.iter().map(|s| s.anon_kb).max().unwrap_or(0),
+    };
+    let base = baseline.map(|_| BaselineStat {
+        cp: stat(&cps),
+        cp_fsync: median(cp_fsyncs),
+    });
+    Ok((stat(&samples), base))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Cases
+
+/// One table row.
+struct Row {
+    case: String,
+    input_bytes: u64,
+    stat: Stat,
+    /// Median seconds of `cp` of the same input, run before each run of the case (None: not a conversion).
+    cp: Option<f64>,
+    /// The same with an fsync of the copy (our writers fsync before renaming into place).
+    cp_fsync: Option<f64>,
+    largest: u64,
+    /// What the issue asks: (max ratio to cp or max seconds, memory bound in bytes).
+    target: Target,
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    /// time ≤ ratio × cp, anon ≤ 2 × largest + 64 MiB
+    Convert(f64),
+    /// time ≤ secs, anon ≤ MiB
+    Inspect(f64, u64),
+    /// informational only
+    None,
+}
+
+fn mib(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+/// A KiB figure as MiB, with a decimal below 10 MiB.
+fn mib_text(kb: u64) -> String {
+    let m = mib(kb);
+    if m < 10.0 {
+        format!("{m:.1} MiB")
+    } else {
+        format!("{m:.0} MiB")
+    }
+}
+
+impl Row {
+    fn verdict(&self) -> String {
+        let anon = self.stat.anon_kb * 1024;
+        match self.target {
+            Target::Convert(r) => {
+                let Some(cp) = self.cp else {
+                    return String::new();
+                };
+                let ratio = self.stat.secs / cp;
+                let bound = 2 * self.largest + 64 * MIB;
+                let t = if ratio <= r {
+                    "ok".to_string()
+                } else {
+                    format!("MISS ×{:.2} > {r}", ratio)
+                };
+                let m = if anon <= bound {
+                    "ok".to_string()
+                } else {
+                    format!(
+                        "MISS {:.0} MiB > {:.0}",
+                        mib(anon / 1024),
+                        mib(bound / 1024)
+                    )
+                };
+                format!("time {t}, mem {m}")
+            }
+            Target::Inspect(s, m) => {
+                let t = if self.stat.secs <= s { "ok" } else { "MISS" };
+                let mm = if anon <= m * MIB { "ok" } else { "MISS" };
+                format!("time {t} (≤ {s} s), mem {mm} (≤ {m} MiB)")
+            }
+            Target::None => String::new(),
+        }
+    }
+
+    fn target_text(&self) -> String {
+        match self.target {
+            Target::Convert(r) => format!("≤ {r} × cp, ≤ 2×L+64 MiB"),
+            Target::Inspect(s, m) => format!("≤ {s} s, ≤ {m} MiB"),
+            Target::None => "—".into(),
+        }
+    }
+}
+
+/// Locate a release binary.
+fn find_bin(dir: &Path, name: &str) -> Option<PathBuf> {
+    let p = dir.join(name);
+    p.is_file().then_some(p)
+}
+
+fn bin_dir(arg: &Option<PathBuf>) -> PathBuf {
+    if let Some(d) = arg {
+        return d.clone();
+    }
+    // target/release/examples/bench -> target/release
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent()?.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("target/release"))
+}
+
+/// Build the binaries when run through cargo (so they are never older than this program).
+fn build_bins() {
+    let Ok(cargo) = std::env::var("CARGO") else {
+        return;
+    };
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "--bins"]);
+    if cfg!(feature = "cuda") {
+        cmd.args(["--features", "cuda"]);
+    }
+    if let Ok(dir) = std::env::var("CARGO_MANIFEST_DIR") {
+        cmd.current_dir(dir);
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => {}
+        other => eprintln!("note: cargo build --release --bins did not succeed ({other:?})"),
+    }
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mem = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kb| format!("{:.0} GiB", kb as f64 / 1048576.0))
+        .unwrap_or_else(|| "? GiB".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem} RAM, Linux {kernel}")
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Python snippet: `torch.load` + a MindSpore-format checkpoint (mindspore.save_checkpoint when importable, else
+/// the same protobuf records written from Python: header bytes + `numpy().tobytes()` per ≤ 512 MiB slice).
+const PY_SCRIPT: &str = r#"
+import sys, torch
+src, dst = sys.argv[1], sys.argv[2]
+sd = torch.load(src, map_location="cpu")
+try:
+    import mindspore as ms
+except Exception:
+    ms = None
+if ms is not None:
+    params = []
+    for k, v in sd.items():
+        if v.dtype == torch.bfloat16:
+            params.append({"name": k, "data": ms.Tensor(v.float().numpy(), ms.bfloat16)})
+        else:
+            params.append({"name": k, "data": ms.Tensor(v.numpy())})
+    ms.save_checkpoint(params, dst)
+    print("writer: mindspore.save_checkpoint")
+else:
+    def varint(n):
+        out = bytearray()
+        while True:
+            b = n & 0x7F
+            n >>= 7
+            if n:
+                out.append(b | 0x80)
+            else:
+                out.append(b)
+                return bytes(out)
+    def ld(key, payload):
+        return bytes([key]) + varint(len(payload)) + payload
+    names = {torch.float32: "Float32", torch.float16: "Float16", torch.bfloat16: "BFloat16",
+             torch.int64: "Int64", torch.int32: "Int32", torch.bool: "Bool", torch.uint8: "UInt8"}
+    with open(dst, "wb") as f:
+        for k, v in sd.items():
+            t = v.contiguous()
+            if t.dtype == torch.bfloat16:
+                data = t.view(torch.int16).numpy().tobytes()
+            else:
+                data = t.numpy().tobytes()
+            dims = b"".join(b"\x08" + varint(d) for d in t.shape)
+            step = 512 * 1024 * 1024
+            for off in range(0, max(len(data), 1), step):
+                chunk = data[off:off + step]
+                tensor = dims + ld(0x12, names[t.dtype].encode()) + ld(0x1A, chunk)
+                value = ld(0x0A, k.encode()) + ld(0x12, tensor)
+                f.write(ld(0x0A, value))
+    print("writer: python protobuf records (mindspore not importable)")
+"#;
+
+fn python_has_torch(py: &Path) -> bool {
+    Command::new(py)
+        .args(["-c", "import torch"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Whether `convert-weight --list-models` knows a family.
+fn has_model(cw: &Path, name: &str) -> bool {
+    Command::new(cw)
+        .arg("--list-models")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name))
+        })
+        .unwrap_or(false)
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A conversion case.
+struct ConvCase {
+    name: String,
+    input: &'static str,
+    out: &'static str,
+    args: Vec<String>,
+    ratio: f64,
+}
+
+fn run(args: Args) -> Result<bool, String> {
+    let size = parse_size(&args.size).map_err(|e| format!("--size: {e}"))?;
+    if args.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    if !args.generate_only {
+        build_bins();
+    }
+    let bins = bin_dir(&args.bin);
+    let cw = find_bin(&bins, "convert-weight").ok_or_else(|| {
+        format!(
+            "no convert-weight in {} (run `cargo build --release` or give --bin)",
+            bins.display()
+        )
+    })?;
+    let cb = find_bin(&bins, "convert-batch");
+    let cache = args
+        .cache
+        .clone()
+        .unwrap_or_else(|| bins.parent().unwrap_or(&bins).join("bench-cache"));
+    let out_dir = cache.join("out");
+    let logs = cache.join("logs");
+    for d in [&cache, &out_dir, &logs] {
+        fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let only: Vec<String> = args
+        .only
+        .as_deref()
+        .map(|s| s.split(',').map(|w| w.trim().to_lowercase()).collect())
+        .unwrap_or_default();
+    let wanted =
+        |name: &str| only.is_empty() || only.iter().any(|w| name.to_lowercase().contains(w));
+    let load_start = loadavg();
+    let mut notes: Vec<String> = Vec::new();
+
+    // Inputs: generated in a child process (a child's ru_maxrss starts at its parent's peak).
+    let missing = INPUTS
+        .iter()
+        .any(|d| d.fallback_for.is_none() && !is_complete(&cache, d, size));
+    if args.generate_only {
+        for def in INPUTS {
+            if def
+                .fallback_for
+                .and_then(|k| INPUTS.iter().find(|d| d.key == k))
+                .is_some_and(|p| is_complete(&cache, p, size))
+            {
+                continue;
+            }
+            if let Err(e) = ensure_input(&cache, def, size) {
+                eprintln!("skipped: {e}");
+            }
+        }
+        return Ok(true);
+    }
+    if missing {
+        let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        let status = Command::new(me)
+            .args(std::env::args_os().skip(1))
+            .arg("--generate-only")
+            .status()
+            .map_err(|e| format!("cannot run the input generator: {e}"))?;
+        if !status.success() {
+            return Err(format!("the input generator failed ({status})"));
+        }
+    }
+    let mut inputs: BTreeMap<&'static str, Input> = BTreeMap::new();
+    for def in INPUTS {
+        if def.fallback_for.is_some_and(|k| inputs.contains_key(k)) {
+            continue;
+        }
+        match ensure_input(&cache, def, size) {
+            Ok(i) => {
+                inputs.insert(def.key, i);
+            }
+            Err(e) => notes.push(format!("input {} not generated: {e}", def.key)),
+        }
+    }
+    let llama = has_model(&cw, "llama");
+    let bloom = has_model(&cw, "bloom");
+    let dev = |v: &mut Vec<String>| {
+        v.push("--device".into());
+        v.push(args.device.clone());
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+    // The cases, each with a fallback while a format or family is missing.
+    let mut cases: Vec<ConvCase> = Vec::new();
+    let model_args = |m: &str, rest: &[&str]| -> Vec<String> {
+        let mut v = s(&["--model", m]);
+        v.extend(s(rest));
+        v
+    };
+    let fmt_only = " [format only: --model llama not built]";
+    if inputs.contains_key("llama-f16-bin") {
+        cases.push(ConvCase {
+            name: format!(
+                "llama torch .bin → .ckpt (renames){}",
+                if llama { "" } else { fmt_only }
+            ),
+            input: "llama-f16-bin",
+            out: "llama.ckpt",
+            args: if llama {
+                model_args("llama", &["--dtype", "fp16"])
+            } else {
+                vec![]
+            },
+            ratio: 1.3,
+        });
+    } else {
+        notes.push(
+            "llama torch .bin → .ckpt: skipped (the torch writer is not available yet)".into(),
+        );
+    }
+    let torch_out = inputs.contains_key("llama-f16-bin");
+    cases.push(ConvCase {
+        name: format!(
+            "llama .ckpt → {}{}",
+            if torch_out {
+                "torch .bin"
+            } else {
+                ".safetensors [torch writer absent]"
+            },
+            if llama { "" } else { fmt_only }
+        ),
+        input: "llama-f16-ckpt",
+        out: if torch_out {
+            "llama.bin"
+        } else {
+            "llama.safetensors"
+        },
+        args: if llama {
+            model_args("llama", &["--reversed"])
+        } else {
+            vec![]
+        },
+        ratio: 1.3,
+    });
+    cases.push(ConvCase {
+        name: format!(
+            "llama safetensors → .ckpt{}",
+            if llama { "" } else { fmt_only }
+        ),
+        input: "llama-f16-st",
+        out: "llama.ckpt",
+        args: if llama {
+            model_args("llama", &["--dtype", "fp16"])
+        } else {
+            vec![]
+        },
+        ratio: 1.3,
+    });
+    cases.push(ConvCase {
+        name: format!(
+            "llama bf16 → fp16 cast (safetensors → .ckpt){}",
+            if llama { "" } else { fmt_only }
+        ),
+        input: "llama-bf16-st",
+        out: "llama.ckpt",
+        args: if llama {
+            model_args("llama", &["--dtype", "fp16"])
+        } else {
+            s(&["--dtype", "fp16"])
+        },
+        ratio: 2.0,
+    });
+    let bloom_in = if inputs.contains_key("bloom-f16-bin") {
+        "bloom-f16-bin"
+    } else {
+        "bloom-f16-st"
+    };
+    if bloom {
+        cases.push(ConvCase {
+            name: format!(
+                "bloom {} → .ckpt (qkv head split + transposes)",
+                if bloom_in.ends_with("bin") {
+                    "torch .bin"
+                } else {
+                    "safetensors"
+                }
+            ),
+            input: bloom_in,
+            out: "bloom.ckpt",
+            args: model_args("bloom", &[]),
+            ratio: 2.5,
+        });
+    } else {
+        notes.push("bloom case skipped: --model bloom is not built yet".into());
+    }
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut failed = false;
+    let runs = args.runs;
+    let baseline_of = |input: &Input| Baseline {
+        src: input.path.clone(),
+        dst: out_dir.join(format!(
+            "cp-{}",
+            input
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("x")
+        )),
+    };
+
+    for case in cases.iter().filter(|c| wanted(&c.name)) {
+        let Some(input) = inputs.get(case.input) else {
+            notes.push(format!(
+                "{}: skipped (input {} missing)",
+                case.name, case.input
+            ));
+            continue;
+        };
+        let baseline = baseline_of(input);
+        let out = out_dir.join(case.out);
+        let mut a = case.args.clone();
+        dev(&mut a);
+        eprintln!("running: {}", case.name);
+        let make = || {
+            let mut c = Command::new(&cw);
+            c.arg("--input_path")
+                .arg(&input.path)
+                .arg("--output_path")
+                .arg(&out)
+                .args(&a);
+            c
+        };
+        let clean = || {
+            let _ = fs::remove_file(&out);
+        };
+        match bench_case(runs, &logs, &case.name, &make, &clean, Some(&baseline)) {
+            Ok((stat, base)) => rows.push(Row {
+                case: case.name.clone(),
+                input_bytes: input.bytes,
+                stat,
+                cp: base.as_ref().map(|b| b.cp.secs),
+                cp_fsync: base.as_ref().map(|b| b.cp_fsync),
+                largest: input.largest,
+                target: Target::Convert(case.ratio),
+            }),
+            Err(e) => {
+                eprintln!("{e}");
+                notes.push(format!(
+                    "{}: CONVERSION FAILED (see {})",
+                    case.name,
+                    logs.display()
+                ));
+                failed = true;
+            }
+        }
+    }
+
+    // inspect of each input format.
+    for key in ["llama-f16-st", "llama-f16-ckpt", "llama-f16-bin"] {
+        let Some(input) = inputs.get(key) else {
+            continue;
+        };
+        let name = format!("inspect {key}");
+        if !wanted(&name) {
+            continue;
+        }
+        let make = || {
+            let mut c = Command::new(&cw);
+            c.arg("inspect").arg(&input.path);
+            c
+        };
+        match bench_case(runs, &logs, &name, &make, &|| {}, None) {
+            Ok((stat, _)) => rows.push(Row {
+                case: name,
+                input_bytes: input.bytes,
+                stat,
+                cp: None,
+                cp_fsync: None,
+                largest: input.largest,
+                target: Target::Inspect(0.05, 64),
+            }),
+            Err(e) => {
+                eprintln!("{e}");
+                notes.push(format!("{name}: FAILED"));
+                failed = true;
+            }
+        }
+    }
+
+    // Batch of 4 jobs, --jobs 1 vs --jobs 2.
+    if wanted("batch") {
+        match &cb {
+            None => notes.push("batch: skipped (no convert-batch binary)".into()),
+            Some(cb) => batch_case(
+                &args, cb, &cases, &inputs, &out_dir, &logs, &mut rows, &mut notes,
+            ),
+        }
+    }
+
+    // Python way.
+    if wanted("python") {
+        python_case(&args, &inputs, &out_dir, &logs, &mut rows, &mut notes);
+    }
+
+    print_table(&args, size, &inputs, &rows, &notes, &load_start);
+    Ok(!failed)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn batch_case(
+    args: &Args,
+    cb: &Path,
+    cases: &[ConvCase],
+    inputs: &BTreeMap<&'static str, Input>,
+    out_dir: &Path,
+    logs: &Path,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) {
+    // Four different jobs: the conversion cases, first four whose input exists.
+    let jobs: Vec<&ConvCase> = cases
+        .iter()
+        .filter(|c| inputs.contains_key(c.input))
+        .take(4)
+        .collect();
+    if jobs.len() < 4 {
+        notes.push("batch: skipped (fewer than 4 job kinds available)".into());
+        return;
+    }
+    let batch_dir = out_dir.join("batch");
+    let manifest = out_dir.join("bench-batch.toml");
+    let mut text = String::from("# written by examples/bench.rs\n");
+    for (k, c) in jobs.iter().enumerate() {
+        let input = &inputs[c.input];
+        text.push_str(&format!(
+            "\n[[job]]\nname = \"job{k}\"\ninput = {:?}\noutput = {:?}\ndevice = {:?}\n",
+            input.path.display().to_string(),
+            batch_dir
+                .join(format!("job{k}-{}", c.out))
+                .display()
+                .to_string(),
+            args.device,
+        ));
+        let mut it = c.args.iter();
+        while let Some(flag) = it.next() {
+            match flag.as_str() {
+                "--model" => {
+                    if let Some(m) = it.next() {
+                        text.push_str(&format!("model = {m:?}\n"));
+                    }
+                }
+                "--dtype" => {
+                    if let Some(d) = it.next() {
+                        text.push_str(&format!("dtype = {d:?}\n"));
+                    }
+                }
+                "--reversed" => text.push_str("reversed = true\n"),
+                _ => {}
+            }
+        }
+    }
+    if let Err(e) = fs::write(&manifest, text) {
+        notes.push(format!("batch: cannot write {}: {e}", manifest.display()));
+        return;
+    }
+    let total: u64 = jobs.iter().map(|c| inputs[c.input].bytes).sum();
+    let largest = jobs
+        .iter()
+        .map(|c| inputs[c.input].largest)
+        .max()
+        .unwrap_or(0);
+    let mut secs = Vec::new();
+    for j in [1, 2] {
+        let make = || {
+            let mut c = Command::new(cb);
+            c.arg(&manifest)
+                .args(["--jobs", &j.to_string(), "--force", "--no-progress"])
+                .args(["--memory-budget", &args.memory_budget]);
+            c
+        };
+        let clean = || {
+            let _ = fs::remove_dir_all(&batch_dir);
+        };
+        match bench_case(
+            args.runs,
+            logs,
+            &format!("batch jobs {j}"),
+            &make,
+            &clean,
+            None,
+        ) {
+            Ok((stat, _)) => {
+                secs.push(stat.secs);
+                rows.push(Row {
+                    case: format!("batch of 4 jobs, --jobs {j}"),
+                    input_bytes: total,
+                    stat,
+                    cp: None,
+                    cp_fsync: None,
+                    largest,
+                    target: Target::None,
+                });
+            }
+            Err(e) => {
+                notes.push(format!(
+                    "batch --jobs {j}: skipped, convert-batch failed: {}",
+                    e.lines().last().unwrap_or("")
+                ));
+                return;
+            }
+        }
+    }
+    if let [one, two] = secs[..] {
+        let budget = parse_size(&args.memory_budget).unwrap_or(0);
+        let anon = rows.last().map(|r| r.stat.anon_kb * 1024).unwrap_or(0);
+        notes.push(format!(
+            "batch speed-up --jobs 2 vs --jobs 1: {:.2} (target ≥ 1.6); peak anon {:.0} MiB vs --memory-budget {} ({})",
+            one / two,
+            anon as f64 / MIB as f64,
+            args.memory_budget,
+            if anon <= budget { "within" } else { "OVER" }
+        ));
+    }
+}
+
+fn python_case(
+    args: &Args,
+    inputs: &BTreeMap<&'static str, Input>,
+    out_dir: &Path,
+    logs: &Path,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) {
+    let py = args
+        .python
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let Some(input) = inputs.get("llama-f16-bin") else {
+        notes.push(
+            "python: skipped (no torch .bin input: the torch writer is not available)".into(),
+        );
+        return;
+    };
+    if !python_has_torch(&py) {
+        notes.push(format!("python: skipped ({} has no torch)", py.display()));
+        return;
+    }
+    let script = out_dir.join("bench_python.py");
+    if fs::File::create(&script)
+        .and_then(|mut f| f.write_all(PY_SCRIPT.as_bytes()))
+        .is_err()
+    {
+        notes.push("python: cannot write the script".into());
+        return;
+    }
+    let out = out_dir.join("python.ckpt");
+    let make = || {
+        let mut c = Command::new(&py);
+        c.arg(&script).arg(&input.path).arg(&out);
+        c
+    };
+    let clean = || {
+        let _ = fs::remove_file(&out);
+    };
+    let baseline = Baseline {
+        src: input.path.clone(),
+        dst: out_dir.join("cp-python-input"),
+    };
+    match bench_case(args.runs, logs, "python", &make, &clean, Some(&baseline)) {
+        Ok((stat, base)) => {
+            let ours = rows
+                .iter()
+                .find(|r| r.case.starts_with("llama torch .bin → .ckpt"))
+                .map(|r| r.stat.secs);
+            let writer = fs::read_to_string(logs.join("python.1.log"))
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find(|l| l.starts_with("writer:"))
+                        .map(str::to_string)
+                })
+                .unwrap_or_default();
+            if let Some(o) = ours {
+                notes.push(format!(
+                    "Python way (torch.load + MindSpore-format ckpt, {writer}): {:.2} s, {:.1}× the time of convert-weight",
+                    stat.secs,
+                    stat.secs / o
+                ));
+            }
+            rows.push(Row {
+                case: "Python: torch.load + ckpt writer (llama .bin)".into(),
+                input_bytes: input.bytes,
+                stat,
+                cp: base.as_ref().map(|b| b.cp.secs),
+                cp_fsync: base.as_ref().map(|b| b.cp_fsync),
+                largest: input.largest,
+                target: Target::None,
+            });
+        }
+        Err(e) => notes.push(format!(
+            "python: failed: {}",
+            e.lines().last().unwrap_or("")
+        )),
+    }
+}
+
+fn print_table(
+    args: &Args,
+    size: u64,
+    inputs: &BTreeMap<&'static str, Input>,
+    rows: &[Row],
+    notes: &[String],
+    load_start: &str,
+) {
+    let gb = |b: u64| b as f64 / 1e9;
+    println!();
+    println!("machine: {}", machine());
+    println!(
+        "command: cargo run --release --example bench -- --size {} --runs {} --device {}",
+        args.size, args.runs, args.device
+    );
+    println!("load average: {load_start} at start, {} at end", loadavg());
+    for (k, i) in inputs {
+        println!(
+            "input {k}: {} layers, {:.2} GB, largest tensor {:.0} MiB ({})",
+            i.layers,
+            gb(i.bytes),
+            i.largest as f64 / MIB as f64,
+            i.path.display()
+        );
+    }
+    let _ = size;
+    println!();
+    println!(
+        "| case | s (median of {}) | GB/s | cp s | × cp | cp+fsync s | peak RSS (VmHWM) | peak anon | anon / L | target | result |",
+        args.runs
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
+    for r in rows {
+        let gbs = gb(r.input_bytes) / r.stat.secs;
+        let ratio =
+            r.cp.map(|c| format!("{:.2}", r.stat.secs / c))
+                .unwrap_or_else(|| "—".into());
+        let rel = if r.largest > 0 {
+            format!("{:.2}", (r.stat.anon_kb * 1024) as f64 / r.largest as f64)
+        } else {
+            "—".into()
+        };
+        println!(
+            "| {} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.case,
+            r.stat.secs,
+            gbs,
+            r.cp.map(|c| format!("{c:.3}"))
+                .unwrap_or_else(|| "—".into()),
+            ratio,
+            r.cp_fsync
+                .map(|c| format!("{c:.3}"))
+                .unwrap_or_else(|| "—".into()),
+            mib_text(r.stat.maxrss_kb),
+            mib_text(r.stat.anon_kb),
+            rel,
+            r.target_text(),
+            r.verdict()
+        );
+    }
+    println!();
+    println!("L = largest tensor of the input. Peak anon = sampled max of RssAnon + RssShmem (memory the process holds);");
+    println!("VmHWM also counts file pages of the read-only input map, which the kernel may drop.");
+    println!("cp s: median of a `cp` of the same input run right before each run of the case (same load);");
+    println!("cp+fsync s: the same plus an fsync of the copy (convert-weight fsyncs its output before renaming it into place).");
+    for n in notes {
+        println!("note: {n}");
+    }
+}
