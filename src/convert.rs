@@ -389,10 +389,20 @@ impl Prepared {
                     },
                     None => e.into(),
                 })?;
-                if spec.reversed {
-                    family.reverse(&infos, &hp)?
+                let planned = if spec.reversed {
+                    family.reverse(&infos, &hp)
                 } else {
-                    family.forward(&infos, &hp)?
+                    family.forward(&infos, &hp)
+                };
+                // A hyper-parameter that contradicts the weights: name the config.json it came from.
+                match (planned, &config) {
+                    (Err(e @ models::ModelError::Hyper { .. }), Some(p)) => {
+                        return Err(ConvertError::Config {
+                            path: p.clone(),
+                            msg: e.to_string(),
+                        })
+                    }
+                    (r, _) => r?,
                 }
             }
             None => Plan {
