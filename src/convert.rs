@@ -234,14 +234,16 @@ struct Prepared {
     opts: WriteOptions,
     device: Option<String>,
     warnings: Vec<String>,
+    /// The config.json read for hyper-parameters, if any.
+    config: Option<PathBuf>,
 }
 
 fn usage(msg: impl Into<String>) -> ConvertError {
     ConvertError::Usage(msg.into())
 }
 
-/// The `config.json` beside the weights, if there is one.
-fn read_config(input: &Path) -> Result<Option<serde_json::Value>, ConvertError> {
+/// The `config.json` beside the weights, if there is one (with its path).
+fn read_config(input: &Path) -> Result<Option<(PathBuf, serde_json::Value)>, ConvertError> {
     let dir = if input.is_dir() {
         input.to_path_buf()
     } else {
@@ -255,12 +257,13 @@ fn read_config(input: &Path) -> Result<Option<serde_json::Value>, ConvertError> 
         path: path.clone(),
         msg: e.to_string(),
     })?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| ConvertError::Config {
+    match serde_json::from_str(&text) {
+        Ok(v) => Ok(Some((path, v))),
+        Err(e) => Err(ConvertError::Config {
             path,
             msg: format!("not valid JSON: {e}"),
-        })
+        }),
+    }
 }
 
 /// Decide the output format and layout from the output path (and whether this is a forward model conversion).
@@ -367,18 +370,39 @@ impl Prepared {
         let source = formats::open_model(&spec.input)?;
         let infos = source.infos();
         let mut warnings = Vec::new();
+        let mut config = None;
         let plan = match &spec.model {
             Some(name) => {
                 let family = models::find(name)?;
                 let hp = match read_config(&spec.input)? {
-                    Some(cfg) => HyperParams::from_config(&cfg),
+                    Some((path, cfg)) => {
+                        config = Some(path);
+                        HyperParams::from_config(&cfg)
+                    }
                     None => HyperParams::default(),
                 }
-                .with_flags(spec.n_head, spec.hidden_size, spec.layers)?;
-                if spec.reversed {
-                    family.reverse(&infos, &hp)?
+                .with_flags(spec.n_head, spec.hidden_size, spec.layers)
+                .map_err(|e| match &config {
+                    Some(p) => ConvertError::Config {
+                        path: p.clone(),
+                        msg: e.to_string(),
+                    },
+                    None => e.into(),
+                })?;
+                let planned = if spec.reversed {
+                    family.reverse(&infos, &hp)
                 } else {
-                    family.forward(&infos, &hp)?
+                    family.forward(&infos, &hp)
+                };
+                // A hyper-parameter that contradicts the weights: name the config.json it came from.
+                match (planned, &config) {
+                    (Err(e @ models::ModelError::Hyper { .. }), Some(p)) => {
+                        return Err(ConvertError::Config {
+                            path: p.clone(),
+                            msg: e.to_string(),
+                        })
+                    }
+                    (r, _) => r?,
                 }
             }
             None => Plan {
@@ -462,6 +486,7 @@ impl Prepared {
                 opts: WriteOptions::default(),
                 device: spec.device.clone(),
                 warnings,
+                config,
             });
         }
         let target = target(spec)?;
@@ -483,13 +508,17 @@ impl Prepared {
             opts,
             device: spec.device.clone(),
             warnings,
+            config,
         })
     }
 
+    /// Files the job read: the weights, and the config.json that gave hyper-parameters (so a fingerprint sees
+    /// an edit to either).
     fn inputs(&self) -> Vec<(PathBuf, u64)> {
         self.source
             .files
             .iter()
+            .chain(&self.config)
             .map(|f| {
                 (
                     f.clone(),

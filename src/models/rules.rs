@@ -942,7 +942,54 @@ pub fn plan_table(
 ) -> Result<Plan, ModelError> {
     let planned = plan(parts, inputs, &Ctx::new(family, hp), reversed)?;
     check_layers(family, hp, &planned.layers)?;
+    check_hidden(hp, inputs)?;
     Ok(planned.plan)
+}
+
+/// Names of word-embedding tables (HF and MindSpore spellings): their width is the hidden size.
+const EMBEDDING_SUFFIXES: &[&str] = &[
+    "embed_tokens.weight",
+    "tok_embeddings.embedding_weight",
+    "wte.weight",
+    "wte.embedding_weight",
+    "word_embeddings.weight",
+    "word_embeddings.embedding_table",
+    "word_embedding.embedding_table",
+];
+
+/// The hidden size and head count the hyper-parameters claim must fit the weights: the word embedding's width is
+/// the hidden size, and (without an explicit head_dim) the heads must divide it.
+pub fn check_hidden(hp: &HyperParams, inputs: &[TensorInfo]) -> Result<(), ModelError> {
+    let Some(emb) = inputs
+        .iter()
+        .find(|t| t.shape.len() == 2 && EMBEDDING_SUFFIXES.iter().any(|s| t.name.ends_with(s)))
+    else {
+        return Ok(());
+    };
+    let width = emb.shape[1];
+    if let Some(h) = hp.hidden_size {
+        if h != width {
+            return Err(ModelError::Hyper {
+                name: "hidden_size".into(),
+                msg: format!(
+                    "{h} given, but '{}' is {:?} (hidden size {width})",
+                    emb.name, emb.shape
+                ),
+            });
+        }
+    }
+    if let (Some(n), None) = (hp.n_head, hp.head_dim) {
+        if n == 0 || width % n != 0 {
+            return Err(ModelError::Hyper {
+                name: "n_head".into(),
+                msg: format!(
+                    "{n} heads do not divide the hidden size {width} of '{}'",
+                    emb.name
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A layer-count check for families that convert every layer present: `layers`, when given, must equal the number

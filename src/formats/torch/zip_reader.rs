@@ -71,6 +71,18 @@ pub(crate) fn read(path: &Path) -> Result<Checkpoint> {
         .ok_or_else(|| FormatError::invalid(path, "data.pkl vanished from the directory"))?;
     let pr =
         entry_range(&mut archive, pkl_index, bytes).map_err(|m| FormatError::invalid(path, m))?;
+    // The pickle is small: check its CRC, unless the writer zeroed every CRC (torch's compute_crc32=False).
+    // Storage records are not hashed (that would read every byte of the checkpoint to list it).
+    let want_crc = archive
+        .by_index_raw(pkl_index)
+        .map(|f| f.crc32())
+        .map_err(|e| FormatError::invalid(path, format!("{pkl}: {e}")))?;
+    if want_crc != 0 && crc32fast::hash(&bytes[pr.clone()]) != want_crc {
+        return Err(FormatError::invalid(
+            path,
+            format!("{pkl}: CRC-32 mismatch (the file is corrupt)"),
+        ));
+    }
     let up =
         unpickle(&bytes[pr], 0).map_err(|e| FormatError::invalid(path, format!("{pkl}: {e}")))?;
     let mut resolve =

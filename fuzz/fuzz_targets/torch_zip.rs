@@ -1,0 +1,14 @@
+//! Fuzz the torch zip reader (zip container, pickle, storages) on raw bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    let p = common::write("bin", data);
+    if let Ok(ck) = convert_weight::formats::torch::read_zip(&p) {
+        common::touch(&ck);
+    }
+});
