@@ -231,7 +231,7 @@ impl Compute {
             Expr::Cast(src, to) => {
                 let (t, from) = self.tensor(src, inputs, overflowed)?;
                 let t = t.contiguous()?;
-                let out = t.to_dtype(carrier(*to))?;
+                let out = cast_tensor(&t, carrier(*to))?;
                 if narrowing(from, *to) {
                     *overflowed += count_inf(&out, *to)?.saturating_sub(count_inf(&t, from)?);
                 }
@@ -256,7 +256,7 @@ impl Compute {
             .map(|(o, i)| -> Result<u64> {
                 let k = i.len() / from.size();
                 let t = Tensor::from_raw_buffer(i, carrier(from), &[k], &self.device)?;
-                let c = t.to_dtype(carrier(to))?;
+                let c = cast_tensor(&t, carrier(to))?;
                 with_host_bytes(&c, |bytes| o.copy_from_slice(bytes))?;
                 // Values already infinite stay so; only count the input when the output has any.
                 let out_inf = if check { count_inf_bytes(o, to) } else { 0 };
@@ -328,6 +328,95 @@ impl Compute {
             r0 = r1;
         }
         Ok(())
+    }
+}
+
+/// Cast a candle tensor. On the CPU, the float conversions go through [`VecCast`], a candle op that converts whole
+/// slices with `half`'s vectorised (F16C) routines; candle's own `to_dtype` converts one element per call. Both
+/// round to nearest even; other devices and dtypes use `to_dtype`.
+fn cast_tensor(t: &Tensor, to: CDType) -> Result<Tensor> {
+    if t.device().is_cpu() && VecCast::supports(t.dtype(), to) && t.is_contiguous() {
+        return Ok(t.apply_op1_no_bwd(&VecCast { to })?);
+    }
+    Ok(t.to_dtype(to)?)
+}
+
+/// Slice-at-a-time float conversion on contiguous CPU storage (see [`cast_tensor`]).
+struct VecCast {
+    to: CDType,
+}
+
+impl VecCast {
+    fn supports(from: CDType, to: CDType) -> bool {
+        use CDType::*;
+        matches!(
+            (from, to),
+            (F32, F16) | (F32, BF16) | (F16, F32) | (BF16, F32) | (BF16, F16) | (F16, BF16)
+        )
+    }
+}
+
+impl candle_core::CustomOp1 for VecCast {
+    fn name(&self) -> &'static str {
+        "vec-cast"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        use half::slice::HalfFloatSliceExt;
+        use half::{bf16, f16};
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("vec-cast needs a contiguous tensor".into()))?;
+        const STEP: usize = 4096; // f32 staging buffer for half-to-half casts
+        let out = match (storage, self.to) {
+            (S::F32(v), CDType::F16) => {
+                let src = &v[start..end];
+                let mut o = vec![f16::ZERO; src.len()];
+                o.convert_from_f32_slice(src);
+                S::F16(o)
+            }
+            (S::F32(v), CDType::BF16) => {
+                let src = &v[start..end];
+                let mut o = vec![bf16::ZERO; src.len()];
+                o.convert_from_f32_slice(src);
+                S::BF16(o)
+            }
+            (S::F16(v), CDType::F32) => S::F32(v[start..end].to_f32_vec()),
+            (S::BF16(v), CDType::F32) => S::F32(v[start..end].to_f32_vec()),
+            (S::BF16(v), CDType::F16) => {
+                let src = &v[start..end];
+                let mut o = vec![f16::ZERO; src.len()];
+                let mut tmp = [0f32; STEP];
+                for (i, c) in src.chunks(STEP).enumerate() {
+                    let t = &mut tmp[..c.len()];
+                    c.convert_to_f32_slice(t);
+                    o[i * STEP..i * STEP + c.len()].convert_from_f32_slice(t);
+                }
+                S::F16(o)
+            }
+            (S::F16(v), CDType::BF16) => {
+                let src = &v[start..end];
+                let mut o = vec![bf16::ZERO; src.len()];
+                let mut tmp = [0f32; STEP];
+                for (i, c) in src.chunks(STEP).enumerate() {
+                    let t = &mut tmp[..c.len()];
+                    c.convert_to_f32_slice(t);
+                    o[i * STEP..i * STEP + c.len()].convert_from_f32_slice(t);
+                }
+                S::BF16(o)
+            }
+            (_, to) => {
+                return Err(candle_core::Error::Msg(format!(
+                    "vec-cast to {to:?}: unsupported source dtype"
+                )))
+            }
+        };
+        Ok((out, layout.shape().clone()))
     }
 }
 
@@ -895,5 +984,56 @@ mod tests {
         let f = f32s(&[f32::INFINITY, f32::NAN, -f32::INFINITY, 1.0]);
         assert_eq!(count_inf_bytes(&f, DType::F32), 2);
         assert_eq!(count_inf_bytes(&f, DType::I32), 0);
+    }
+
+    #[test]
+    fn vectorised_casts_equal_candle_to_dtype_bit_for_bit() {
+        // Every f16/bf16 bit pattern, and f32 patterns around ties, overflow, subnormals and specials.
+        let halves: Vec<u8> = (0..=u16::MAX).flat_map(|b| b.to_le_bytes()).collect();
+        let mut f32s: Vec<u32> = (0..=u16::MAX as u32)
+            .map(|x| x.wrapping_mul(0x9E37_79B9))
+            .collect();
+        f32s.extend([
+            0x3F80_8000,
+            0x3F81_8000,
+            0x7F7F_FFFF,
+            0x477F_F000,
+            0x477F_EFFF,
+            1,
+            0x0080_0000,
+        ]);
+        f32s.extend([0x7F80_0000, 0xFF80_0000, 0x8000_0000]);
+        let words: Vec<u8> = f32s.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let dev = Device::Cpu;
+        for (from, to, bytes) in [
+            (CDType::F32, CDType::F16, &words),
+            (CDType::F32, CDType::BF16, &words),
+            (CDType::F16, CDType::F32, &halves),
+            (CDType::BF16, CDType::F32, &halves),
+            (CDType::BF16, CDType::F16, &halves),
+            (CDType::F16, CDType::BF16, &halves),
+        ] {
+            let n = bytes.len() / from.size_in_bytes();
+            let t = Tensor::from_raw_buffer(bytes, from, &[n], &dev).unwrap();
+            let ours = cast_tensor(&t, to).unwrap();
+            let theirs = t.to_dtype(to).unwrap();
+            let (a, b) = (
+                ours.to_dtype(CDType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap(),
+                theirs
+                    .to_dtype(CDType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap(),
+            );
+            for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+                assert!(
+                    x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                    "{from:?}->{to:?} element {k}: {x} vs {y}"
+                );
+            }
+        }
     }
 }
