@@ -372,7 +372,6 @@ impl candle_core::CustomOp1 for VecCast {
         let (start, end) = layout
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("vec-cast needs a contiguous tensor".into()))?;
-        const STEP: usize = 4096; // f32 staging buffer for half-to-half casts
         let out = match (storage, self.to) {
             (S::F32(v), CDType::F16) => {
                 let src = &v[start..end];
@@ -388,28 +387,8 @@ impl candle_core::CustomOp1 for VecCast {
             }
             (S::F16(v), CDType::F32) => S::F32(v[start..end].to_f32_vec()),
             (S::BF16(v), CDType::F32) => S::F32(v[start..end].to_f32_vec()),
-            (S::BF16(v), CDType::F16) => {
-                let src = &v[start..end];
-                let mut o = vec![f16::ZERO; src.len()];
-                let mut tmp = [0f32; STEP];
-                for (i, c) in src.chunks(STEP).enumerate() {
-                    let t = &mut tmp[..c.len()];
-                    c.convert_to_f32_slice(t);
-                    o[i * STEP..i * STEP + c.len()].convert_from_f32_slice(t);
-                }
-                S::F16(o)
-            }
-            (S::F16(v), CDType::BF16) => {
-                let src = &v[start..end];
-                let mut o = vec![bf16::ZERO; src.len()];
-                let mut tmp = [0f32; STEP];
-                for (i, c) in src.chunks(STEP).enumerate() {
-                    let t = &mut tmp[..c.len()];
-                    c.convert_to_f32_slice(t);
-                    o[i * STEP..i * STEP + c.len()].convert_from_f32_slice(t);
-                }
-                S::BF16(o)
-            }
+            (S::BF16(v), CDType::F16) => S::F16(via_f32(&v[start..end], f16::ZERO)),
+            (S::F16(v), CDType::BF16) => S::BF16(via_f32(&v[start..end], bf16::ZERO)),
             (_, to) => {
                 return Err(candle_core::Error::Msg(format!(
                     "vec-cast to {to:?}: unsupported source dtype"
@@ -418,6 +397,24 @@ impl candle_core::CustomOp1 for VecCast {
         };
         Ok((out, layout.shape().clone()))
     }
+}
+
+/// Convert between the two half formats through an f32 staging buffer (exact widening, one rounding).
+fn via_f32<A, B: Copy>(src: &[A], zero: B) -> Vec<B>
+where
+    [A]: half::slice::HalfFloatSliceExt,
+    [B]: half::slice::HalfFloatSliceExt,
+{
+    use half::slice::HalfFloatSliceExt;
+    const STEP: usize = 4096;
+    let mut out = vec![zero; src.len()];
+    let mut tmp = [0f32; STEP];
+    for (src, dst) in src.chunks(STEP).zip(out.chunks_mut(STEP)) {
+        let t = &mut tmp[..src.len()];
+        src.convert_to_f32_slice(t);
+        dst.convert_from_f32_slice(t);
+    }
+    out
 }
 
 /// The result of evaluating one expression.
