@@ -459,16 +459,12 @@ fn borrowed<'a>(expr: &Expr, inputs: &'a [TensorEntry]) -> Option<&'a [u8]> {
 }
 
 fn shape_of(expr: &Expr, inputs: &[TensorEntry]) -> Result<(DType, Vec<usize>)> {
-    let infos: Vec<_> = collect_infos(inputs);
-    expr.infer(&infos).map_err(|e| ExecError(e.0))
+    expr.infer_by(&|i| inputs.get(i).map(|e| &e.info))
+        .map_err(|e| ExecError(e.0))
 }
 
 fn infer_dtype(expr: &Expr, inputs: &[TensorEntry]) -> Result<DType> {
     Ok(shape_of(expr, inputs)?.0)
-}
-
-fn collect_infos(inputs: &[TensorEntry]) -> Vec<crate::tensor::TensorInfo> {
-    inputs.iter().map(|e| e.info.clone()).collect()
 }
 
 /// The candle dtype that carries our dtype's bits: itself where candle has it, else one of the same width.

@@ -58,13 +58,21 @@ impl Expr {
 
     /// Dtype and shape of the result, checked against the input headers.
     pub fn infer(&self, inputs: &[TensorInfo]) -> Result<(DType, Vec<usize>), ShapeError> {
+        self.infer_by(&|i| inputs.get(i))
+    }
+
+    /// [`infer`](Self::infer) with the input headers looked up by index (so callers holding headers inside other
+    /// structures need not copy them).
+    pub fn infer_by<'a>(
+        &self,
+        inputs: &impl Fn(usize) -> Option<&'a TensorInfo>,
+    ) -> Result<(DType, Vec<usize>), ShapeError> {
         match self {
-            Expr::Input(i) => inputs
-                .get(*i)
+            Expr::Input(i) => inputs(*i)
                 .map(|t| (t.dtype, t.shape.clone()))
                 .ok_or_else(|| ShapeError(format!("no input tensor #{i}"))),
             Expr::Reshape(src, shape) => {
-                let (d, s) = src.infer(inputs)?;
+                let (d, s) = src.infer_by(inputs)?;
                 if numel(&s) != numel(shape) {
                     return Err(ShapeError(format!(
                         "cannot reshape {s:?} to {shape:?}: element counts differ"
@@ -78,7 +86,7 @@ impl Expr {
                 start,
                 len,
             } => {
-                let (d, mut s) = src.infer(inputs)?;
+                let (d, mut s) = src.infer_by(inputs)?;
                 match s.get(*dim) {
                     Some(&n) if start.checked_add(*len).is_some_and(|e| e <= n) => {
                         s[*dim] = *len;
@@ -90,7 +98,7 @@ impl Expr {
                 }
             }
             Expr::Transpose(src) => {
-                let (d, s) = src.infer(inputs)?;
+                let (d, s) = src.infer_by(inputs)?;
                 if s.len() != 2 {
                     return Err(ShapeError(format!(
                         "transpose needs a 2-D tensor, got shape {s:?}"
@@ -103,14 +111,14 @@ impl Expr {
                 let first = it
                     .next()
                     .ok_or_else(|| ShapeError("concat of nothing".into()))?;
-                let (d, mut s) = first.infer(inputs)?;
+                let (d, mut s) = first.infer_by(inputs)?;
                 if *dim >= s.len() {
                     return Err(ShapeError(format!(
                         "concat dim {dim} out of range for {s:?}"
                     )));
                 }
                 for p in it {
-                    let (pd, ps) = p.infer(inputs)?;
+                    let (pd, ps) = p.infer_by(inputs)?;
                     let same_rest = ps.len() == s.len()
                         && ps
                             .iter()
@@ -127,7 +135,7 @@ impl Expr {
                 Ok((d, s))
             }
             Expr::Cast(src, to) => {
-                let (d, s) = src.infer(inputs)?;
+                let (d, s) = src.infer_by(inputs)?;
                 if !d.is_float() || !to.is_float() {
                     return Err(ShapeError(format!(
                         "cast {d} -> {to}: only floating dtypes cast"

@@ -517,7 +517,8 @@ fn panic_message(p: &(dyn Any + Send)) -> String {
     }
 }
 
-fn base_report(job: &BatchJob, status: Status) -> JobReport {
+/// A report entry for `job` with `status` and nothing measured yet.
+pub fn base_report(job: &BatchJob, status: Status) -> JobReport {
     JobReport {
         name: job.name.clone(),
         model: job.spec.model.clone(),

@@ -180,21 +180,10 @@ fn merge(
         for j in &m.jobs {
             if !jobs.iter().any(|r| r.name == j.name) {
                 jobs.push(JobReport {
-                    name: j.name.clone(),
-                    model: j.spec.model.clone(),
-                    reversed: j.spec.reversed,
-                    status: Status::Failed,
-                    inputs: Vec::new(),
-                    outputs: Vec::new(),
-                    tensors: 0,
-                    bytes_read: 0,
-                    bytes_written: 0,
-                    seconds: 0.0,
-                    peak_rss_bytes: None,
-                    warnings: Vec::new(),
                     error: Some(
                         "in the manifest but in no shard report (did a shard not finish?)".into(),
                     ),
+                    ..runner::base_report(j, Status::Failed)
                 });
             }
         }
