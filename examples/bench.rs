@@ -65,6 +65,17 @@ struct Args {
     /// `--memory-budget` passed to `convert-batch`.
     #[arg(long, default_value = "4GiB")]
     memory_budget: String,
+    /// End to end on a full 7B llama instead of the cases: HF safetensors shards → .ckpt → HF shards, then both as
+    /// one batch; each against cp + fsync of its input, peak memory, and `convert-weight verify` of every output.
+    /// Checks free disk first (3 × the model + 2 GiB; 4 × for the batch) and skips with a message when short.
+    #[arg(long)]
+    e2e_7b: bool,
+    /// Layers of the `--e2e-7b` model (32: the real 7B, ≈ 13.5 GB in fp16; fewer to try the procedure).
+    #[arg(long, default_value_t = 32)]
+    e2e_layers: usize,
+    /// Keep the generated `--e2e-7b` input in the cache (it is removed at the end by default: it is big).
+    #[arg(long)]
+    e2e_keep_input: bool,
     /// Only generate the inputs (the benchmark runs this in a child process, so that its own peak memory does not
     /// show in the children's `ru_maxrss`).
     #[arg(long, hide = true)]
@@ -1068,6 +1079,9 @@ fn run(args: Args) -> Result<bool, String> {
     let missing = INPUTS
         .iter()
         .any(|d| d.fallback_for.is_none() && !is_complete(&cache, d, size));
+    if args.e2e_7b {
+        return e2e_7b(&args, &cw, cb.as_deref(), &cache, &logs);
+    }
     if args.generate_only {
         for def in INPUTS {
             if def
@@ -1626,4 +1640,397 @@ fn print_table(
     }
     let met = judged.iter().filter(|(_, (ok, _))| *ok).count();
     println!("verdicts: {met} of {} rows meet every target", judged.len());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A full 7B llama end to end
+
+/// Free bytes for an unprivileged user on the file system holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: zeroed statvfs is a valid plain C struct; `c` is a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers for the duration of the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Every regular file under `path` (or `path` itself).
+fn files_under(path: &Path) -> Vec<PathBuf> {
+    if path.is_file() {
+        return vec![path.to_path_buf()];
+    }
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(path) {
+        for e in rd.flatten() {
+            out.extend(files_under(&e.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn bytes_under(path: &Path) -> u64 {
+    files_under(path)
+        .iter()
+        .filter_map(|f| fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn remove_any(path: &Path) {
+    if path.is_dir() {
+        let _ = fs::remove_dir_all(path);
+    } else {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// `cp -r src dst`, then an fsync of every copied file: (cp seconds, cp + fsync seconds). The copy is removed.
+fn cp_fsync(src: &Path, dst: &Path, log: &Path) -> Result<(f64, f64), String> {
+    remove_any(dst);
+    sync_all();
+    let mut c = Command::new("cp");
+    c.arg("-r").arg(src).arg(dst);
+    let o = measure(c, log)?;
+    if !o.ok {
+        remove_any(dst);
+        return Err(format!("cp {}: {}", src.display(), last_lines(&o.log, 4)));
+    }
+    let t0 = Instant::now();
+    for f in files_under(dst) {
+        fs::File::open(&f)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("fsync {}: {e}", f.display()))?;
+    }
+    let fsync = t0.elapsed().as_secs_f64();
+    remove_any(dst);
+    sync_all();
+    Ok((o.sample.secs, o.sample.secs + fsync))
+}
+
+/// Generate the HF safetensors shards (5 GB each) of a fp16 llama with 7B shapes and `layers` layers.
+fn ensure_e2e_input(dir: &Path, layers: usize) -> Result<(), String> {
+    let done = dir.join(".complete");
+    if done.exists() {
+        return Ok(());
+    }
+    let hf = dir.join("hf");
+    remove_any(&hf);
+    fs::create_dir_all(&hf).map_err(|e| format!("{}: {e}", hf.display()))?;
+    let infos = tensors(Layout::LlamaHf, layers, DType::F16);
+    let outs: Vec<OutTensor> = infos
+        .iter()
+        .map(|info| OutTensor {
+            info: info.clone(),
+            tied_to: None,
+        })
+        .collect();
+    let opts = WriteOptions {
+        max_shard_size: Some(5_000_000_000),
+        ..WriteOptions::default()
+    };
+    eprint!("generating {} ... ", hf.display());
+    let t0 = Instant::now();
+    let mut w = formats::create_writer(OutputFormat::Safetensors, &hf, &outs, &opts)
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    for idx in w.order() {
+        buf.resize(infos[idx].nbytes(), 0);
+        fill(&mut buf, DType::F16, idx as u64 + 1);
+        w.write(idx, &buf).map_err(|e| e.to_string())?;
+    }
+    w.finish().map_err(|e| e.to_string())?;
+    let cfg = config_json(Layout::LlamaHf, layers, DType::F16);
+    fs::write(hf.join("config.json"), format!("{cfg:#}\n"))
+        .map_err(|e| format!("{}: {e}", hf.display()))?;
+    fs::write(&done, b"").map_err(|e| format!("{}: {e}", done.display()))?;
+    eprintln!("{:.1} s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// One end-to-end step's figures.
+struct E2eRow {
+    step: String,
+    bytes: u64,
+    sample: Sample,
+    cp: Option<(f64, f64)>,
+    /// Jobs at once (memory bound `jobs` × 2 × L + 64 MiB); 0: not judged.
+    jobs: u64,
+    note: String,
+}
+
+fn e2e_7b(
+    args: &Args,
+    cw: &Path,
+    cb: Option<&Path>,
+    cache: &Path,
+    logs: &Path,
+) -> Result<bool, String> {
+    let layers = args.e2e_layers.max(1);
+    let infos = tensors(Layout::LlamaHf, layers, DType::F16);
+    let model: u64 = infos.iter().map(|t| t.nbytes() as u64).sum();
+    let largest = infos.iter().map(|t| t.nbytes() as u64).max().unwrap_or(0);
+    let dir = cache.join(format!("e2e-llama-f16-L{layers}"));
+    let hf = dir.join("hf");
+    let gb = |b: u64| b as f64 / 1e9;
+    let margin = 2u64 << 30;
+    let have_input = dir.join(".complete").exists();
+    let free = free_bytes(cache).unwrap_or(0);
+    let need = if have_input { 2 * model } else { 3 * model } + margin;
+    println!(
+        "e2e: llama, {layers} layers (hidden {HIDDEN}, inter {INTER}, vocab {VOCAB}), fp16 {:.2} GB, largest tensor {:.0} MiB",
+        gb(model),
+        largest as f64 / MIB as f64
+    );
+    if free < need {
+        println!(
+            "e2e: SKIPPED: {:.1} GB free under {}, {:.1} GB needed (input, .ckpt, HF shards: 3 × {:.1} GB + 2 GiB)",
+            gb(free),
+            cache.display(),
+            gb(need),
+            gb(model)
+        );
+        return Ok(true);
+    }
+    if args.generate_only {
+        ensure_e2e_input(&dir, layers)?;
+        return Ok(true);
+    }
+    if !have_input {
+        // In a child, so that the generator's buffers do not show in the conversions' ru_maxrss.
+        let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        let status = Command::new(me)
+            .args(std::env::args_os().skip(1))
+            .arg("--generate-only")
+            .status()
+            .map_err(|e| format!("cannot run the input generator: {e}"))?;
+        if !status.success() {
+            return Err(format!("the e2e input generator failed ({status})"));
+        }
+    }
+    let n_files = files_under(&hf).len();
+    let out = dir.join("out");
+    remove_any(&out);
+    fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let ckpt = out.join("llama.ckpt");
+    // A trailing slash: an HF shard directory (without it, `--max-shard-size` shards into the parent).
+    let back = PathBuf::from(format!("{}/", out.join("hf-back").display()));
+    let copy = out.join("cp-copy");
+    let load_start = loadavg();
+    let t_all = Instant::now();
+    let mut rows: Vec<E2eRow> = Vec::new();
+    let mut all_ok = true;
+    let dev = ["--device".to_string(), args.device.clone()];
+
+    let run_step = |label: &str, cmd: Command| -> Result<Outcome, String> {
+        eprintln!("e2e: {label}");
+        sync_all();
+        let stem = label.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+        measure(cmd, &logs.join(format!("e2e-{stem}.log")))
+    };
+    let verify = |label: &str, a: &Path, b: &Path, model: bool| -> Result<(bool, Sample), String> {
+        let mut c = Command::new(cw);
+        c.arg("verify").arg(a).arg(b);
+        if model {
+            c.args(["--model", "llama"]);
+        }
+        let o = run_step(label, c)?;
+        Ok((o.ok && o.log.contains("identical"), o.sample))
+    };
+
+    // 1. forward: HF shards → .ckpt
+    let cp1 = cp_fsync(&hf, &copy, &logs.join("e2e-cp-hf.log"))?;
+    let mut c = Command::new(cw);
+    c.arg("--input_path")
+        .arg(&hf)
+        .arg("--output_path")
+        .arg(&ckpt)
+        .args(["--model", "llama"])
+        .args(&dev);
+    let o = run_step("forward HF shards → .ckpt", c)?;
+    if !o.ok {
+        return Err(format!("forward conversion failed:\n{}", last_lines(&o.log, 8)));
+    }
+    rows.push(E2eRow {
+        step: "forward: HF safetensors shards → .ckpt".into(),
+        bytes: model,
+        sample: o.sample,
+        cp: Some(cp1),
+        jobs: 1,
+        note: String::new(),
+    });
+    let (ok, s) = verify("verify HF vs .ckpt", &hf, &ckpt, true)?;
+    all_ok &= ok;
+    rows.push(E2eRow {
+        step: "verify HF shards (mapped through --model llama) vs .ckpt".into(),
+        bytes: 2 * model,
+        sample: s,
+        cp: None,
+        jobs: 0,
+        note: if ok { "identical" } else { "DIFFERENT" }.into(),
+    });
+
+    // 2. back: .ckpt → HF shards
+    let cp2 = cp_fsync(&ckpt, &copy, &logs.join("e2e-cp-ckpt.log"))?;
+    let mut c = Command::new(cw);
+    c.arg("--input_path")
+        .arg(&ckpt)
+        .arg("--output_path")
+        .arg(&back)
+        .args(["--model", "llama", "--reversed", "--max-shard-size", "5GB"])
+        .args(&dev);
+    let o = run_step("back .ckpt → HF shards", c)?;
+    if !o.ok {
+        return Err(format!("reverse conversion failed:\n{}", last_lines(&o.log, 8)));
+    }
+    rows.push(E2eRow {
+        step: "back: .ckpt → HF safetensors shards (5 GB)".into(),
+        bytes: model,
+        sample: o.sample,
+        cp: Some(cp2),
+        jobs: 1,
+        note: format!("{} files", files_under(&back).len()),
+    });
+    let (ok, s) = verify("verify HF vs HF back", &hf, &back, false)?;
+    all_ok &= ok;
+    rows.push(E2eRow {
+        step: "verify HF shards vs HF shards back".into(),
+        bytes: 2 * model,
+        sample: s,
+        cp: None,
+        jobs: 0,
+        note: if ok { "identical" } else { "DIFFERENT" }.into(),
+    });
+    remove_any(&back);
+
+    // 3. the two as one batch
+    let free = free_bytes(cache).unwrap_or(0);
+    let batch_need = 2 * model + margin;
+    match cb {
+        None => println!("e2e: batch SKIPPED: no convert-batch binary"),
+        Some(_) if free < batch_need => println!(
+            "e2e: batch SKIPPED: {:.1} GB free, {:.1} GB needed (a second .ckpt and HF set: 2 × {:.1} GB + 2 GiB)",
+            gb(free),
+            gb(batch_need),
+            gb(model)
+        ),
+        Some(cb) => {
+            let bdir = out.join("batch");
+            let manifest = out.join("e2e.toml");
+            let (b_ckpt, b_back) = (
+                bdir.join("llama.ckpt"),
+                PathBuf::from(format!("{}/", bdir.join("hf-back").display())),
+            );
+            let text = format!(
+                "# written by examples/bench.rs --e2e-7b\n\n[[job]]\nname = \"forward\"\ninput = {:?}\noutput = {:?}\nmodel = \"llama\"\ndevice = {:?}\n\n[[job]]\nname = \"back\"\ninput = {:?}\noutput = {:?}\nmodel = \"llama\"\nreversed = true\nmax_shard_size = \"5GB\"\ndevice = {:?}\n",
+                hf.display().to_string(),
+                b_ckpt.display().to_string(),
+                args.device,
+                ckpt.display().to_string(),
+                b_back.display().to_string(),
+                args.device,
+            );
+            fs::write(&manifest, text).map_err(|e| format!("{}: {e}", manifest.display()))?;
+            let mut c = Command::new(cb);
+            c.arg(&manifest)
+                .args(["--jobs", "2", "--force", "--no-progress"])
+                .args(["--memory-budget", &args.memory_budget])
+                .arg("--report")
+                .arg(out.join("e2e-report.json"));
+            let o = run_step("batch of the two, --jobs 2", c)?;
+            if !o.ok {
+                return Err(format!("the batch failed:\n{}", last_lines(&o.log, 8)));
+            }
+            rows.push(E2eRow {
+                step: "batch of the two (--jobs 2, report, fingerprints)".into(),
+                bytes: 2 * model,
+                sample: o.sample,
+                cp: Some((cp1.0 + cp2.0, cp1.1 + cp2.1)),
+                jobs: 2,
+                note: "cp columns: sum of the two".into(),
+            });
+            let (ok1, s1) = verify("verify batch .ckpt", &hf, &b_ckpt, true)?;
+            let (ok2, s2) = verify("verify batch HF back", &hf, &b_back, false)?;
+            all_ok &= ok1 && ok2;
+            rows.push(E2eRow {
+                step: "verify the batch's .ckpt and HF shards".into(),
+                bytes: 4 * model,
+                sample: Sample {
+                    secs: s1.secs + s2.secs,
+                    maxrss_kb: s1.maxrss_kb.max(s2.maxrss_kb),
+                    anon_kb: s1.anon_kb.max(s2.anon_kb),
+                },
+                cp: None,
+                jobs: 0,
+                note: format!(
+                    ".ckpt {}, HF {}",
+                    if ok1 { "identical" } else { "DIFFERENT" },
+                    if ok2 { "identical" } else { "DIFFERENT" }
+                ),
+            });
+        }
+    }
+    let out_bytes = bytes_under(&out);
+    remove_any(&out);
+    if !args.e2e_keep_input {
+        remove_any(&dir);
+    }
+
+    println!();
+    println!("machine: {}", machine());
+    println!(
+        "command: cargo run --release --example bench -- --e2e-7b --e2e-layers {layers} --device {}",
+        args.device
+    );
+    println!("load average: {load_start} at start, {} at end", loadavg());
+    println!(
+        "model: {:.2} GB in {} files, L = {:.0} MiB; outputs at the end {:.2} GB; total wall {:.0} s",
+        gb(model),
+        n_files,
+        largest as f64 / MIB as f64,
+        gb(out_bytes),
+        t_all.elapsed().as_secs_f64()
+    );
+    println!();
+    println!("| step | s | GB/s | cp s | cp+fsync s | × cp+fsync | peak RSS (VmHWM) | peak anon | anon / L | memory | note |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
+    for r in &rows {
+        let anon = r.sample.anon_kb * 1024;
+        let mem = if r.jobs == 0 {
+            "—".to_string()
+        } else {
+            let (ok, v) = mem_verdict(anon, largest, r.jobs);
+            all_ok &= ok;
+            v
+        };
+        println!(
+            "| {} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {:.2} | {} | {} |",
+            r.step,
+            r.sample.secs,
+            gb(r.bytes) / r.sample.secs,
+            r.cp.map(|c| format!("{:.1}", c.0)).unwrap_or_else(|| "—".into()),
+            r.cp.map(|c| format!("{:.1}", c.1)).unwrap_or_else(|| "—".into()),
+            r.cp.map(|c| format!("{:.2}", r.sample.secs / c.1))
+                .unwrap_or_else(|| "—".into()),
+            mib_text(r.sample.maxrss_kb),
+            mib_text(r.sample.anon_kb),
+            anon as f64 / largest as f64,
+            mem,
+            r.note
+        );
+    }
+    println!();
+    println!(
+        "e2e: {}",
+        if all_ok {
+            "every output verified identical, every conversion within 2 × L + 64 MiB (per job)"
+        } else {
+            "FAILED: see the table"
+        }
+    );
+    Ok(all_ok)
 }
