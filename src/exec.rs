@@ -254,10 +254,12 @@ impl Compute {
         out.par_chunks_mut(CHUNK * to.size())
             .zip(b.par_chunks(CHUNK * from.size()))
             .map(|(o, i)| -> Result<u64> {
-                let k = i.len() / from.size();
-                let t = Tensor::from_raw_buffer(i, carrier(from), &[k], &self.device)?;
-                let c = cast_tensor(&t, carrier(to))?;
-                with_host_bytes(&c, |bytes| o.copy_from_slice(bytes))?;
+                if !cast_slice_direct(i, from, o, to) {
+                    let k = i.len() / from.size();
+                    let t = Tensor::from_raw_buffer(i, carrier(from), &[k], &self.device)?;
+                    let c = cast_tensor(&t, carrier(to))?;
+                    with_host_bytes(&c, |bytes| o.copy_from_slice(bytes))?;
+                }
                 // Values already infinite stay so; only count the input when the output has any.
                 let out_inf = if check { count_inf_bytes(o, to) } else { 0 };
                 Ok(if out_inf > 0 {
@@ -286,6 +288,14 @@ impl Compute {
         out.resize(b.len(), 0);
         if b.is_empty() {
             return Ok(());
+        }
+        // 1, 2, 4 and 8-byte elements: a direct tiled transpose (no candle block copies, no placement copies).
+        match es {
+            1 => return Ok(transpose_tiled::<1>(b, rows, cols, out)),
+            2 => return Ok(transpose_tiled::<2>(b, rows, cols, out)),
+            4 => return Ok(transpose_tiled::<4>(b, rows, cols, out)),
+            8 => return Ok(transpose_tiled::<8>(b, rows, cols, out)),
+            _ => {}
         }
         let row_bytes = cols * es;
         let block_rows = (BLOCK_BYTES / row_bytes.max(1)).clamp(1, rows);
@@ -328,6 +338,107 @@ impl Compute {
             r0 = r1;
         }
         Ok(())
+    }
+}
+
+/// Transpose a row-major `[rows, cols]` matrix of `N`-byte elements into `out` (`[cols, rows]`): bands of `TILE`
+/// output rows in parallel, each filled tile by tile (`TILE` × `TILE` elements, so that the strided reads of a tile
+/// stay in cache). Bit-exact: elements are moved, never interpreted.
+fn transpose_tiled<const N: usize>(b: &[u8], rows: usize, cols: usize, out: &mut [u8]) {
+    const TILE: usize = 32;
+    let out_row = rows * N;
+    out.par_chunks_mut(TILE * out_row)
+        .enumerate()
+        .for_each(|(band, ob)| {
+            let c0 = band * TILE;
+            let nc = ob.len() / out_row;
+            for r0 in (0..rows).step_by(TILE) {
+                let r1 = (r0 + TILE).min(rows);
+                for r in r0..r1 {
+                    let src = &b[(r * cols + c0) * N..(r * cols + c0 + nc) * N];
+                    for (c, el) in src.chunks_exact(N).enumerate() {
+                        let at = c * out_row + r * N;
+                        ob[at..at + N].copy_from_slice(el);
+                    }
+                }
+            }
+        });
+}
+
+/// `b` as a slice of `T` when it is aligned for `T` and a whole number of them.
+fn aligned<T: Copy>(b: &[u8]) -> Option<&[T]> {
+    // SAFETY: only used with f32, f16 and bf16, for which every bit pattern is a valid value.
+    let (head, mid, tail) = unsafe { b.align_to::<T>() };
+    (head.is_empty() && tail.is_empty()).then_some(mid)
+}
+
+fn aligned_mut<T: Copy>(b: &mut [u8]) -> Option<&mut [T]> {
+    // SAFETY: as in `aligned`.
+    let (head, mid, tail) = unsafe { b.align_to_mut::<T>() };
+    (head.is_empty() && tail.is_empty()).then_some(mid)
+}
+
+/// The float conversions of [`VecCast`] straight from input bytes into output bytes (no candle tensor, no
+/// per-chunk allocation and copy), with the same `half` routines, so bit-exact with it. `false` when the pair is
+/// not one of them or a slice is misaligned: the caller then goes through candle.
+fn cast_slice_direct(i: &[u8], from: DType, o: &mut [u8], to: DType) -> bool {
+    use half::slice::HalfFloatSliceExt;
+    use half::{bf16, f16};
+    fn halves<A: Copy, B: Copy>(i: &[u8], o: &mut [u8]) -> bool
+    where
+        [A]: HalfFloatSliceExt,
+        [B]: HalfFloatSliceExt,
+    {
+        let (Some(src), Some(dst)) = (aligned::<A>(i), aligned_mut::<B>(o)) else {
+            return false;
+        };
+        if src.len() != dst.len() {
+            return false;
+        }
+        let mut tmp = [0f32; 4096];
+        for (s, d) in src.chunks(4096).zip(dst.chunks_mut(4096)) {
+            let t = &mut tmp[..s.len()];
+            s.convert_to_f32_slice(t);
+            d.convert_from_f32_slice(t);
+        }
+        true
+    }
+    match (from, to) {
+        (DType::F32, DType::F16) | (DType::F32, DType::BF16) => {
+            let Some(src) = aligned::<f32>(i) else {
+                return false;
+            };
+            match to {
+                DType::F16 => match aligned_mut::<f16>(o) {
+                    Some(d) if d.len() == src.len() => d.convert_from_f32_slice(src),
+                    _ => return false,
+                },
+                _ => match aligned_mut::<bf16>(o) {
+                    Some(d) if d.len() == src.len() => d.convert_from_f32_slice(src),
+                    _ => return false,
+                },
+            }
+            true
+        }
+        (DType::F16, DType::F32) | (DType::BF16, DType::F32) => {
+            let Some(dst) = aligned_mut::<f32>(o) else {
+                return false;
+            };
+            match from {
+                DType::F16 => match aligned::<f16>(i) {
+                    Some(s) if s.len() == dst.len() => s.convert_to_f32_slice(dst),
+                    _ => return false,
+                },
+                _ => match aligned::<bf16>(i) {
+                    Some(s) if s.len() == dst.len() => s.convert_to_f32_slice(dst),
+                    _ => return false,
+                },
+            }
+            true
+        }
+        (DType::BF16, DType::F16) => halves::<bf16, f16>(i, o),
+        (DType::F16, DType::BF16) => halves::<f16, bf16>(i, o),
+        _ => false,
     }
 }
 
@@ -977,6 +1088,34 @@ mod tests {
         let f = f32s(&[f32::INFINITY, f32::NAN, -f32::INFINITY, 1.0]);
         assert_eq!(count_inf_bytes(&f, DType::F32), 2);
         assert_eq!(count_inf_bytes(&f, DType::I32), 0);
+    }
+
+    #[test]
+    fn direct_casts_equal_the_candle_op_byte_for_byte() {
+        // Every f16/bf16 bit pattern and a spread of f32 patterns, straight between byte slices vs the candle op.
+        let halves: Vec<u8> = (0..=u16::MAX).flat_map(|b| b.to_le_bytes()).collect();
+        let words: Vec<u8> = (0..=u16::MAX as u32)
+            .flat_map(|x| x.wrapping_mul(0x9E37_79B9).to_le_bytes())
+            .collect();
+        for (from, to, bytes) in [
+            (DType::F32, DType::F16, &words),
+            (DType::F32, DType::BF16, &words),
+            (DType::F16, DType::F32, &halves),
+            (DType::BF16, DType::F32, &halves),
+            (DType::BF16, DType::F16, &halves),
+            (DType::F16, DType::BF16, &halves),
+        ] {
+            let n = bytes.len() / from.size();
+            let mut out = vec![0u8; n * to.size()];
+            assert!(cast_slice_direct(bytes, from, &mut out, to), "{from}->{to}");
+            let t = Tensor::from_raw_buffer(bytes, carrier(from), &[n], &Device::Cpu).unwrap();
+            let want = tensor_bytes(&cast_tensor(&t, carrier(to)).unwrap(), to).unwrap();
+            assert!(out == want, "{from}->{to}");
+        }
+        // misaligned input: not handled here (the caller goes through candle)
+        let mut out = vec![0u8; 8];
+        assert!(!cast_slice_direct(&halves[1..17], DType::F16, &mut out, DType::F32));
+        assert!(!cast_slice_direct(&halves[..8], DType::F16, &mut out, DType::I32));
     }
 
     #[test]
