@@ -342,8 +342,10 @@ impl Compute {
 }
 
 /// Transpose a row-major `[rows, cols]` matrix of `N`-byte elements into `out` (`[cols, rows]`): bands of `TILE`
-/// output rows in parallel, each filled tile by tile (`TILE` × `TILE` elements, so that the strided reads of a tile
-/// stay in cache). Bit-exact: elements are moved, never interpreted.
+/// output rows (input columns) in parallel; each `TILE` × `TILE` tile is transposed into a small local buffer and
+/// then written out as `TILE` whole runs of `TILE × N` bytes (writing elements one by one straight into the output
+/// would keep `TILE` lines a power-of-two stride apart alive in L1, which alias to the same cache set). Bit-exact:
+/// elements are moved, never interpreted.
 fn transpose_tiled<const N: usize>(b: &[u8], rows: usize, cols: usize, out: &mut [u8]) {
     const TILE: usize = 32;
     let out_row = rows * N;
@@ -352,13 +354,19 @@ fn transpose_tiled<const N: usize>(b: &[u8], rows: usize, cols: usize, out: &mut
         .for_each(|(band, ob)| {
             let c0 = band * TILE;
             let nc = ob.len() / out_row;
+            let mut local = [[0u8; N]; TILE * TILE];
             for r0 in (0..rows).step_by(TILE) {
-                let r1 = (r0 + TILE).min(rows);
-                for r in r0..r1 {
-                    let src = &b[(r * cols + c0) * N..(r * cols + c0 + nc) * N];
-                    for (c, el) in src.chunks_exact(N).enumerate() {
-                        let at = c * out_row + r * N;
-                        ob[at..at + N].copy_from_slice(el);
+                let nr = TILE.min(rows - r0);
+                for r in 0..nr {
+                    let at = ((r0 + r) * cols + c0) * N;
+                    for (c, el) in b[at..at + nc * N].chunks_exact(N).enumerate() {
+                        local[c * TILE + r].copy_from_slice(el);
+                    }
+                }
+                for c in 0..nc {
+                    let dst = &mut ob[c * out_row + r0 * N..c * out_row + (r0 + nr) * N];
+                    for (d, el) in dst.chunks_exact_mut(N).zip(&local[c * TILE..c * TILE + nr]) {
+                        d.copy_from_slice(el);
                     }
                 }
             }
