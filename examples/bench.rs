@@ -312,7 +312,9 @@ fn fill(buf: &mut [u8], dtype: DType, seed: u64) {
                     DType::BF16 => {
                         el.copy_from_slice(&(sign | ((117 + exp) << 7) | (r & 0x7F)).to_le_bytes())
                     }
-                    _ => el.copy_from_slice(&(sign | ((5 + exp) << 10) | (r & 0x3FF)).to_le_bytes()),
+                    _ => {
+                        el.copy_from_slice(&(sign | ((5 + exp) << 10) | (r & 0x3FF)).to_le_bytes())
+                    }
                 }
             }
         });
@@ -341,7 +343,11 @@ fn config_json(layout: Layout, layers: usize, dtype: DType) -> serde_json::Value
 /// Whether an input is already in the cache.
 fn is_complete(cache: &Path, def: &InputDef, size: u64) -> bool {
     cache
-        .join(format!("{}-L{}", def.key, layers_for(def.layout, def.dtype, size)))
+        .join(format!(
+            "{}-L{}",
+            def.key,
+            layers_for(def.layout, def.dtype, size)
+        ))
         .join(".complete")
         .exists()
 }
@@ -1359,6 +1365,16 @@ fn batch_case(
         return;
     }
     let total: u64 = jobs.iter().map(|c| inputs[c.input].bytes).sum();
+    let free = free_bytes(out_dir).unwrap_or(u64::MAX);
+    if free < total + (1 << 30) {
+        notes.push(format!(
+            "batch: skipped, {:.1} GB free under {}, the four outputs need about {:.1} GB + 1 GiB",
+            free as f64 / 1e9,
+            out_dir.display(),
+            total as f64 / 1e9
+        ));
+        return;
+    }
     let largest = jobs
         .iter()
         .map(|c| inputs[c.input].largest)
@@ -1853,7 +1869,10 @@ fn e2e_7b(
         .args(&dev);
     let o = run_step("forward HF shards → .ckpt", c)?;
     if !o.ok {
-        return Err(format!("forward conversion failed:\n{}", last_lines(&o.log, 8)));
+        return Err(format!(
+            "forward conversion failed:\n{}",
+            last_lines(&o.log, 8)
+        ));
     }
     rows.push(E2eRow {
         step: "forward: HF safetensors shards → .ckpt".into(),
@@ -1885,7 +1904,10 @@ fn e2e_7b(
         .args(&dev);
     let o = run_step("back .ckpt → HF shards", c)?;
     if !o.ok {
-        return Err(format!("reverse conversion failed:\n{}", last_lines(&o.log, 8)));
+        return Err(format!(
+            "reverse conversion failed:\n{}",
+            last_lines(&o.log, 8)
+        ));
     }
     rows.push(E2eRow {
         step: "back: .ckpt → HF safetensors shards (5 GB)".into(),
@@ -2012,8 +2034,10 @@ fn e2e_7b(
             r.step,
             r.sample.secs,
             gb(r.bytes) / r.sample.secs,
-            r.cp.map(|c| format!("{:.1}", c.0)).unwrap_or_else(|| "—".into()),
-            r.cp.map(|c| format!("{:.1}", c.1)).unwrap_or_else(|| "—".into()),
+            r.cp.map(|c| format!("{:.1}", c.0))
+                .unwrap_or_else(|| "—".into()),
+            r.cp.map(|c| format!("{:.1}", c.1))
+                .unwrap_or_else(|| "—".into()),
             r.cp.map(|c| format!("{:.2}", r.sample.secs / c.1))
                 .unwrap_or_else(|| "—".into()),
             mib_text(r.sample.maxrss_kb),

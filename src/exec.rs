@@ -290,12 +290,17 @@ impl Compute {
             return Ok(());
         }
         // 1, 2, 4 and 8-byte elements: a direct tiled transpose (no candle block copies, no placement copies).
-        match es {
-            1 => return Ok(transpose_tiled::<1>(b, rows, cols, out)),
-            2 => return Ok(transpose_tiled::<2>(b, rows, cols, out)),
-            4 => return Ok(transpose_tiled::<4>(b, rows, cols, out)),
-            8 => return Ok(transpose_tiled::<8>(b, rows, cols, out)),
-            _ => {}
+        type Tiled = fn(&[u8], usize, usize, &mut [u8]);
+        let tiled: Option<Tiled> = match es {
+            1 => Some(transpose_tiled::<1>),
+            2 => Some(transpose_tiled::<2>),
+            4 => Some(transpose_tiled::<4>),
+            8 => Some(transpose_tiled::<8>),
+            _ => None,
+        };
+        if let Some(f) = tiled {
+            f(b, rows, cols, out);
+            return Ok(());
         }
         let row_bytes = cols * es;
         let block_rows = (BLOCK_BYTES / row_bytes.max(1)).clamp(1, rows);
@@ -1122,8 +1127,18 @@ mod tests {
         }
         // misaligned input: not handled here (the caller goes through candle)
         let mut out = vec![0u8; 8];
-        assert!(!cast_slice_direct(&halves[1..17], DType::F16, &mut out, DType::F32));
-        assert!(!cast_slice_direct(&halves[..8], DType::F16, &mut out, DType::I32));
+        assert!(!cast_slice_direct(
+            &halves[1..17],
+            DType::F16,
+            &mut out,
+            DType::F32
+        ));
+        assert!(!cast_slice_direct(
+            &halves[..8],
+            DType::F16,
+            &mut out,
+            DType::I32
+        ));
     }
 
     #[test]
