@@ -1,4 +1,6 @@
-//! One conversion job: source → plan (headers only) → executor → sink. Used by both binaries and the runner.
+//! One conversion job: [`open`] the input (headers, config.json) → plan it ([`crate::plan`], headers only) →
+//! execute the plan and write the output (atomically) — plus [`verify`], which plans and compares instead of
+//! writing. Used by both binaries and the runner.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,10 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sha2::{Digest, Sha256};
 
 use crate::exec::Compute;
-use crate::formats::{self, OutTensor, OutputFormat, WriteOptions};
-use crate::models::{self, HyperParams};
-use crate::ops::{Expr, Plan, PlanItem};
-use crate::tensor::{Checkpoint, DType, TensorInfo};
+use crate::formats::{self, OutputFormat, WriteOptions};
+use crate::models::{self, Family, HyperParams, ModelError};
+pub use crate::plan::PlanSummary;
+use crate::plan::{JobPlan, Mapping, PlanError};
+use crate::tensor::{Checkpoint, DType};
 
 /// Everything that defines one conversion (a `convert-weight` call or one `[[job]]` of a manifest).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -38,6 +41,8 @@ pub enum ConvertError {
     Format(#[from] crate::formats::FormatError),
     #[error(transparent)]
     Model(#[from] crate::models::ModelError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     #[error("{0}")]
     Usage(String),
     #[error("tensor '{tensor}': {msg}")]
@@ -93,20 +98,6 @@ pub struct JobOutcome {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub warnings: Vec<String>,
-}
-
-/// What planning (headers only) tells before running: used for dry runs and memory admission.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PlanSummary {
-    pub inputs: Vec<(PathBuf, u64)>,
-    /// One line per output tensor: `source names -> target name  op  dtype shape`.
-    pub lines: Vec<String>,
-    /// Output tensor names in write order.
-    pub outputs: Vec<String>,
-    /// Total bytes of the output tensors.
-    pub out_bytes: u64,
-    /// Planned peak of memory the job itself holds (bytes): about the two largest buffers in flight.
-    pub peak_bytes: u64,
 }
 
 /// Plan a job from headers only: opens the inputs, builds the plan, checks it, writes nothing.
@@ -225,11 +216,20 @@ struct Target {
     sharded: bool,
 }
 
-/// A planned job: source opened (headers), plan checked, output decided.
+/// An opened input: the checkpoint (headers and byte references), the family asked for, and the hyper-parameters
+/// that config.json and the flags give.
+struct Opened {
+    source: Checkpoint,
+    family: Option<&'static Family>,
+    hp: HyperParams,
+    /// The config.json read for hyper-parameters, if any.
+    config: Option<PathBuf>,
+}
+
+/// A planned job: input opened, plan checked, output decided.
 struct Prepared {
     source: Checkpoint,
-    items: Vec<PlanItem>,
-    outs: Vec<OutTensor>,
+    plan: JobPlan,
     target: Target,
     opts: WriteOptions,
     device: Option<String>,
@@ -336,145 +336,114 @@ fn check_not_overwriting(source: &Checkpoint, target: &Target) -> Result<(), Con
     Ok(())
 }
 
-/// `names[#i]` rendering of an expression for dry runs.
-fn render(expr: &Expr, infos: &[TensorInfo]) -> String {
-    match expr {
-        Expr::Input(i) => infos.get(*i).map_or("?".into(), |t| t.name.clone()),
-        Expr::Reshape(s, shape) => format!("reshape({}, {shape:?})", render(s, infos)),
-        Expr::Narrow {
-            src,
-            dim,
-            start,
-            len,
-        } => format!(
-            "narrow({}, dim={dim}, {start}..{})",
-            render(src, infos),
-            start + len
-        ),
-        Expr::Transpose(s) => format!("transpose({})", render(s, infos)),
-        Expr::Concat(parts, dim) => format!(
-            "concat([{}], dim={dim})",
-            parts
-                .iter()
-                .map(|p| render(p, infos))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Expr::Cast(s, d) => format!("cast({}, {d})", render(s, infos)),
-        Expr::Zeros(shape, d) => format!("zeros({shape:?}, {d})"),
+/// Open the input: the checkpoint's headers and, for a model conversion, the family and its hyper-parameters
+/// (config.json beside the weights, then the flags).
+fn open(spec: &JobSpec) -> Result<Opened, ConvertError> {
+    let source = formats::open_model(&spec.input)?;
+    let Some(name) = &spec.model else {
+        return Ok(Opened {
+            source,
+            family: None,
+            hp: HyperParams::default(),
+            config: None,
+        });
+    };
+    let family = models::find(name)?;
+    let (config, hp) = match read_config(&spec.input)? {
+        Some((path, cfg)) => (Some(path), HyperParams::from_config(&cfg)),
+        None => (None, HyperParams::default()),
+    };
+    let hp = hp
+        .with_flags(spec.n_head, spec.hidden_size, spec.layers)
+        .map_err(|e| config_error(&config, e))?;
+    Ok(Opened {
+        source,
+        family: Some(family),
+        hp,
+        config,
+    })
+}
+
+/// A model error about hyper-parameters names the config.json they came from, when there is one.
+fn config_error(config: &Option<PathBuf>, e: ModelError) -> ConvertError {
+    match config {
+        Some(p) => ConvertError::Config {
+            path: p.clone(),
+            msg: e.to_string(),
+        },
+        None => e.into(),
+    }
+}
+
+/// Plan the opened input ([`crate::plan`]: the family's rules or the identity, then the dtype policy).
+fn plan_job(spec: &JobSpec, opened: &Opened) -> Result<JobPlan, ConvertError> {
+    let mapping = match opened.family {
+        Some(family) => Mapping::Model {
+            family,
+            hp: &opened.hp,
+            reversed: spec.reversed,
+        },
+        None => Mapping::Identity,
+    };
+    JobPlan::new(&opened.source, mapping, spec.dtype).map_err(|e| match e {
+        // A hyper-parameter that contradicts the weights: name the config.json it came from.
+        PlanError::Model(e @ ModelError::Hyper { .. }) => config_error(&opened.config, e),
+        PlanError::Model(e) => e.into(),
+        PlanError::Usage(m) => usage(format!("{}: {m}", spec.input.display())),
+        e => e.into(),
+    })
+}
+
+/// Warnings a plan gives before it runs: dropped inputs and non-tensor entries.
+fn plan_warnings(source: &Checkpoint, plan: &JobPlan) -> Vec<String> {
+    let mut warnings = plan.drop_warnings();
+    if !source.others.is_empty() {
+        let names: Vec<&str> = source.others.iter().map(|o| o.name.as_str()).collect();
+        warnings.push(format!(
+            "{} non-tensor entr{} not converted: {}",
+            names.len(),
+            if names.len() == 1 { "y" } else { "ies" },
+            names.join(", ")
+        ));
+    }
+    warnings
+}
+
+/// Write options: the safetensors `format` metadata, shard size.
+fn write_options(spec: &JobSpec) -> WriteOptions {
+    let to_mindspore = spec.model.is_some() && !spec.reversed;
+    WriteOptions {
+        metadata: vec![(
+            "format".to_string(),
+            if to_mindspore { "ms" } else { "pt" }.to_string(),
+        )],
+        max_shard_size: spec.max_shard_size,
+        ..WriteOptions::default()
     }
 }
 
 impl Prepared {
     fn new(spec: &JobSpec) -> Result<Prepared, ConvertError> {
-        let source = formats::open_model(&spec.input)?;
-        let infos = source.infos();
-        let mut warnings = Vec::new();
-        let mut config = None;
-        let plan = match &spec.model {
-            Some(name) => {
-                let family = models::find(name)?;
-                let hp = match read_config(&spec.input)? {
-                    Some((path, cfg)) => {
-                        config = Some(path);
-                        HyperParams::from_config(&cfg)
-                    }
-                    None => HyperParams::default(),
-                }
-                .with_flags(spec.n_head, spec.hidden_size, spec.layers)
-                .map_err(|e| match &config {
-                    Some(p) => ConvertError::Config {
-                        path: p.clone(),
-                        msg: e.to_string(),
-                    },
-                    None => e.into(),
-                })?;
-                let planned = if spec.reversed {
-                    family.reverse(&infos, &hp)
-                } else {
-                    family.forward(&infos, &hp)
-                };
-                // A hyper-parameter that contradicts the weights: name the config.json it came from.
-                match (planned, &config) {
-                    (Err(e @ models::ModelError::Hyper { .. }), Some(p)) => {
-                        return Err(ConvertError::Config {
-                            path: p.clone(),
-                            msg: e.to_string(),
-                        })
-                    }
-                    (r, _) => r?,
-                }
-            }
-            None => Plan {
-                items: infos
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| PlanItem::new(t.name.clone(), Expr::Input(i)))
-                    .collect(),
-                dropped: Vec::new(),
-            },
-        };
-        if plan.items.is_empty() {
-            return Err(usage(format!(
-                "{}: nothing to convert ({} input tensors, {} dropped by rules); refusing to write an empty checkpoint",
-                spec.input.display(),
-                infos.len(),
-                plan.dropped.len()
-            )));
-        }
-        for d in &plan.dropped {
-            warnings.push(format!("dropped '{}': {}", d.name, d.rule));
-        }
-        if !source.others.is_empty() {
-            let names: Vec<&str> = source.others.iter().map(|o| o.name.as_str()).collect();
-            warnings.push(format!(
-                "{} non-tensor entr{} not converted: {}",
-                names.len(),
-                if names.len() == 1 { "y" } else { "ies" },
-                names.join(", ")
-            ));
-        }
-        let mut items = plan.items;
-        if let Some(to) = spec.dtype {
-            if !to.is_float() {
-                return Err(usage(format!("--dtype {to}: only fp32, fp16 and bf16")));
-            }
-        }
-        crate::plan::apply_dtype(&mut items, &infos, spec.dtype)
-            .map_err(|(tensor, e)| ConvertError::Exec { tensor, msg: e.0 })?;
-        let outs = out_tensors(&source, &items)?;
-        if spec.output.as_os_str().is_empty() {
+        let opened = open(spec)?;
+        let plan = plan_job(spec, &opened)?;
+        let Opened { source, config, .. } = opened;
+        let warnings = plan_warnings(&source, &plan);
+        let (target, opts) = if spec.output.as_os_str().is_empty() {
             // Planning only (verify): no output.
-            return Ok(Prepared {
-                source,
-                items,
-                outs,
-                target: Target {
-                    format: OutputFormat::Safetensors,
-                    path: PathBuf::new(),
-                    sharded: false,
-                },
-                opts: WriteOptions::default(),
-                device: spec.device.clone(),
-                warnings,
-                config,
-            });
-        }
-        let target = target(spec)?;
-        check_not_overwriting(&source, &target)?;
-        let to_mindspore = spec.model.is_some() && !spec.reversed;
-        let opts = WriteOptions {
-            metadata: vec![(
-                "format".to_string(),
-                if to_mindspore { "ms" } else { "pt" }.to_string(),
-            )],
-            max_shard_size: spec.max_shard_size,
-            ..WriteOptions::default()
+            let none = Target {
+                format: OutputFormat::Safetensors,
+                path: PathBuf::new(),
+                sharded: false,
+            };
+            (none, WriteOptions::default())
+        } else {
+            let target = target(spec)?;
+            check_not_overwriting(&source, &target)?;
+            (target, write_options(spec))
         };
         Ok(Prepared {
             source,
-            items,
-            outs,
+            plan,
             target,
             opts,
             device: spec.device.clone(),
@@ -500,39 +469,7 @@ impl Prepared {
     }
 
     fn summary(&self) -> PlanSummary {
-        let infos = self.source.infos();
-        let lines = self
-            .items
-            .iter()
-            .zip(&self.outs)
-            .map(|(item, out)| {
-                format!(
-                    "{} <- {}  {} {:?}",
-                    item.name,
-                    render(&item.expr, &infos),
-                    out.info.dtype,
-                    out.info.shape
-                )
-            })
-            .collect();
-        let out_bytes = self.outs.iter().map(|o| o.info.nbytes() as u64).sum();
-        // Memory the job itself holds: a borrowed tensor costs nothing beyond the map; a computed one holds its
-        // materialised inputs, the candle result and the output buffer, about three times its size.
-        let largest_computed = self
-            .items
-            .iter()
-            .zip(&self.outs)
-            .filter(|(i, _)| i.expr.as_plain_input().is_none())
-            .map(|(_, o)| 3 * o.info.nbytes() as u64)
-            .max()
-            .unwrap_or(0);
-        PlanSummary {
-            inputs: self.inputs(),
-            lines,
-            outputs: self.items.iter().map(|i| i.name.clone()).collect(),
-            out_bytes,
-            peak_bytes: largest_computed + (16 << 20),
-        }
+        self.plan.summary(&self.source, self.inputs())
     }
 
     /// Evaluate output `idx` (into `scratch`'s allocation when computed), check its size, hash it on request.
@@ -543,8 +480,8 @@ impl Prepared {
         scratch: Vec<u8>,
         hash: bool,
     ) -> Result<(usize, crate::exec::Evaluated<'a>, Option<String>), ConvertError> {
-        let item = &self.items[idx];
-        let out = &self.outs[idx];
+        let item = &self.plan.items[idx];
+        let out = &self.plan.outs[idx];
         let exec_err = |msg: String| ConvertError::Exec {
             tensor: item.name.clone(),
             msg,
@@ -571,18 +508,18 @@ impl Prepared {
             formats::sharded::writer(
                 self.target.format,
                 &self.target.path,
-                &self.outs,
+                &self.plan.outs,
                 &self.opts,
             )?
         } else {
             formats::create_single_writer(
                 self.target.format,
                 &self.target.path,
-                &self.outs,
+                &self.plan.outs,
                 &self.opts,
             )?
         };
-        let mut hashes: Vec<Option<String>> = vec![None; self.outs.len()];
+        let mut hashes: Vec<Option<String>> = vec![None; self.plan.outs.len()];
         let mut written = 0u64;
         let mut overflowed = 0u64;
         let mut read = 0u64;
@@ -643,7 +580,7 @@ impl Prepared {
         // Tied copies that the writer shared were not evaluated: their hash is their original's.
         for i in 0..hashes.len() {
             if hashes[i].is_none() {
-                if let Some(t) = self.outs[i].tied_to {
+                if let Some(t) = self.plan.outs[i].tied_to {
                     hashes[i] = hashes[t].clone();
                 }
             }
@@ -667,6 +604,7 @@ impl Prepared {
             });
         }
         let tensors = self
+            .plan
             .items
             .iter()
             .zip(hashes)
@@ -681,45 +619,6 @@ impl Prepared {
             warnings,
         })
     }
-}
-
-/// Output headers, with tied copies marked: a plain copy of a source tensor already written (or of one it is
-/// tied to) shares that output.
-fn out_tensors(source: &Checkpoint, items: &[PlanItem]) -> Result<Vec<OutTensor>, ConvertError> {
-    let infos = source.infos();
-    let mut first_copy: HashMap<usize, usize> = HashMap::new();
-    let mut seen_names: HashMap<&str, usize> = HashMap::new();
-    let mut outs = Vec::with_capacity(items.len());
-    for (k, item) in items.iter().enumerate() {
-        if let Some(prev) = seen_names.insert(item.name.as_str(), k) {
-            return Err(ConvertError::Exec {
-                tensor: item.name.clone(),
-                msg: format!("the plan writes this name twice (outputs #{prev} and #{k})"),
-            });
-        }
-        let (dtype, shape) = item.expr.infer(&infos).map_err(|e| ConvertError::Exec {
-            tensor: item.name.clone(),
-            msg: e.0,
-        })?;
-        let tied_to = match item.expr {
-            Expr::Input(i) => {
-                let root = source.tensors[i].tied_to.unwrap_or(i);
-                match first_copy.get(&root) {
-                    Some(&o) => Some(o),
-                    None => {
-                        first_copy.insert(root, k);
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        outs.push(OutTensor {
-            info: TensorInfo::new(item.name.clone(), dtype, shape),
-            tied_to,
-        });
-    }
-    Ok(outs)
 }
 
 /// Lower-case hex of a digest.
@@ -754,7 +653,7 @@ pub fn verify(spec: &JobSpec, expected: &Path) -> Result<Vec<Difference>, Conver
     for (k, t) in other.tensors.iter().enumerate() {
         by_name.insert(t.info.name.as_str(), k);
     }
-    for (item, out) in prepared.items.iter().zip(&prepared.outs) {
+    for (item, out) in prepared.plan.items.iter().zip(&prepared.plan.outs) {
         let Some(&k) = by_name.get(item.name.as_str()) else {
             diffs.push(format!("{}: only in {}", item.name, spec.input.display()));
             continue;
