@@ -873,7 +873,21 @@ def spec_check(family, cfg, hf, mf, interleaved):
         checked += 1
         fused_names.add(mf_name)
 
+    from types import SimpleNamespace
+    from mindformers.parallel_core.inference import weights_utils as wu
+    loader_ok = 0
+
+    def loader_reads(kind, got, want):
+        """The inference loader's reader for MF-format weights must turn the file layout into its in-memory one."""
+        nonlocal loader_ok
+        if not np.array_equal(got, want):
+            raise RuntimeError(f"loader check: {family} {kind}: deal_training_* does not read the expected layout")
+        loader_ok += 1
+
     def qkv(mfn, q, k, v):
+        c = SimpleNamespace(kv_channels=d, hidden_size=H, num_attention_heads=nh, num_query_groups=ng)
+        loader_reads("qkv", wu.deal_training_qkv_weight(mf[mfn][1], c),
+                     np.concatenate([q, k, v], 0).reshape(wu.deal_training_qkv_weight(mf[mfn][1], c).shape))
         r = nh // ng
         if q.ndim == 1:
             want = np.concatenate([q.reshape(ng, r * d), k.reshape(ng, d), v.reshape(ng, d)], 1).reshape(-1)
@@ -883,6 +897,9 @@ def spec_check(family, cfg, hf, mf, interleaved):
         same(mfn, want)
 
     def fc1(mfn, g, u):
+        if interleaved and ".shared_experts." not in mfn:
+            c = SimpleNamespace(ffn_hidden_size=g.shape[0])
+            loader_reads("fc1", wu.deal_training_ffn_weight(mf[mfn][1], c), np.concatenate([g, u], 0))
         want = np.stack([g, u], 1).reshape(2 * g.shape[0], -1) if interleaved else np.concatenate([g, u], 0)
         same(mfn, want)
 
@@ -892,6 +909,9 @@ def spec_check(family, cfg, hf, mf, interleaved):
         u = [get(hfp.format(e, up)) for e in range(E)]
         w = [get(hfp.format(e, down)) for e in range(E)]
         same(mfp + "experts.weight1", np.concatenate([np.concatenate([a.T, b.T], 1) for a, b in zip(g, u)], 0))
+        w1 = mf[mfp + "experts.weight1"][1].reshape(E, H, -1)
+        for e in range(E):
+            loader_reads("experts", wu.deal_training_moe_weight(w1[e]), np.concatenate([g[e].T, u[e].T], 1))
         same(mfp + "experts.weight2", np.concatenate([a.T for a in w], 0))
 
     layers = [(i, f"decoder.layers.{i}.") for i in range(L)]
@@ -950,7 +970,9 @@ def spec_check(family, cfg, hf, mf, interleaved):
                   any(k in n for k in ("linear_qkv", "linear_fc1", "experts.weight", "eh_proj"))]
     if family != "deepseek3" and family != "telechat3_moe" and any("eh_proj" not in n for n in fused_like):
         raise RuntimeError(f"spec check: {family}: fused tensors not covered by the check: {fused_like}")
-    return f"ok: {fused} fused tensors equal the spec formulas, {copies} renamed tensors are byte copies"
+    return f"ok: {fused} fused tensors equal the spec formulas, {copies} renamed tensors are byte copies, " \
+           f"{loader_ok} reads by the inference loader's MF-format readers (deal_training_qkv/ffn/moe_weight; one per " \
+           f"qkv, dense fc1, expert) give the HF parts back"
 
 
 def converters_for(fam, conv, augmented):
