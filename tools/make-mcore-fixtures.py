@@ -1018,6 +1018,9 @@ def run_variant(v, out_root, vers):
             inverse = None
         else:
             mf, prov, inverse = conv.loader_forward(src)
+            if conv.mtp_copies:
+                entry["forward_drops"] = {n: f"byte-identical copy of {m} (docs 2.7); the reverse re-creates it"
+                                          for n, m in conv.mtp_copies.items()}
         ms_name = f"ms/expected{suffix}.safetensors"
         write_st(os.path.join(d, ms_name), mf, {"format": "ms"})
         sidecar(os.path.join(d, ms_name), "tools/make-mcore-fixtures.py read_st (raw)",
