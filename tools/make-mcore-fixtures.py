@@ -1076,7 +1076,19 @@ def fp8_decode_fixture(out_root):
     sidecar(os.path.join(d, "codes.safetensors"), "tools/make-mcore-fixtures.py read_st (raw)")
     sidecar(os.path.join(d, "decoded_f32.safetensors"), "tools/make-mcore-fixtures.py read_st (raw)",
             {"producer": "mindformers.checkpoint.safetensors_utils._convert_special_dtype"})
+    # where the reference departs from the OCP formats (torch's float8_e4m3fn / float8_e5m2 / float8_e8m0fnu)
+    import torch
+    tdt = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2, "e8m0": torch.float8_e8m0fnu}
+    differs = {}
+    for k, (_, a) in src.items():
+        ocp = torch.from_numpy(a.copy()).view(tdt[k]).to(torch.float32).numpy()
+        ref_v = dec[k][1]
+        bad = [int(c) for c in range(256) if not (ref_v[c] == ocp[c] or (np.isnan(ref_v[c]) and np.isnan(ocp[c])))
+               or np.signbit(ref_v[c]) != np.signbit(ocp[c]) and not np.isnan(ocp[c])]
+        differs[k] = {f"0x{c:02X}": {"reference": repr(float(ref_v[c])), "ocp_torch": repr(float(ocp[c]))}
+                      for c in bad}
     return {"family": "fp8_decode", "variant": "", "dir": "fp8_decode",
+            "reference_vs_ocp": differs,
             "about": "every code of F8_E4M3, F8_E5M2, F8_E8M0 and the reference's f32 decoding (special codes "
                      "included: see docs R6)",
             "outputs": {"decoded_f32.safetensors": {"from": "codes.safetensors",
