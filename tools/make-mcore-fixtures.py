@@ -18,7 +18,8 @@ How each output is produced (also recorded per file in index.json, "provenance")
   * families without a template: names from the reference's `ModelMixin.convert_name` with the family's
     `weight_mapping`; fused tensors from the reference's op classes configured as a template would be
     (`QKVConvertOp`, `ConcatConvertOp`, `ExpertsConvertOp` through `preprocess_hf_weights`), the q/k/v bias from
-    `TrainModelMixin.concat_qkv_interleaved` (the legacy training conversion; `QKVBiasConvertOp` fails for GQA). Reverse:
+    `TrainModelMixin.concat_qkv_interleaved` (the legacy training conversion; `QKVBiasConvertOp` fails for GQA).
+    Reverse:
     the same ops' `mf_to_hf`, names inverted.
   * spec choices where the reference has no behaviour to copy (MTP layers of deepseek3 / telechat3_moe, FP8 block
     dequantisation with partial edge blocks) are marked "spec" in the provenance and described in
@@ -500,14 +501,15 @@ class Converter:
                         out[mf], prov[mf] = (dt, arr), "ModelMixin.convert_name (rename only)"
                         inverse[mf] = ("rename", name)
                 else:
-                    out[mf], prov[mf], inverse[mf] = (dt, arr), "ModelMixin.convert_name (rename only)", ("rename", name)
+                    out[mf], inverse[mf] = (dt, arr), ("rename", name)
+                    prov[mf] = "ModelMixin.convert_name (rename only)"
         for mf, parts in groups.items():
             if set(parts) == {"q", "k", "v"}:
                 (qn, dt, q), (kn, _, k), (vn, _, v) = parts["q"], parts["k"], parts["v"]
                 if mf.endswith(".bias"):
-                    got = self.mm.TrainModelMixin.concat_qkv_interleaved(self, q, k, v, "x.linear_q.bias", self.tc.kv_channels,
-                                                                    self.tc.num_query_groups,
-                                                                    self.tc.num_attention_heads)
+                    got = self.mm.TrainModelMixin.concat_qkv_interleaved(
+                        self, q, k, v, "x.linear_q.bias", self.tc.kv_channels, self.tc.num_query_groups,
+                        self.tc.num_attention_heads)
                     out[mf] = (dt, next(iter(got.values())).reshape(-1))
                     prov[mf] = "TrainModelMixin.concat_qkv_interleaved (bias, per query group)"
                     inverse[mf] = ("qkv_bias", (qn, kn, vn))
@@ -647,8 +649,8 @@ def variants():
                 rms_norm_eps=1e-6, pad_token_id=0)
     moe = dict(moe_intermediate_size=D["moe_intermediate_size"], num_experts_per_tok=2)
     ds = dict(base, **moe, num_key_value_heads=4, n_routed_experts=4, n_shared_experts=1, first_k_dense_replace=1,
-              n_group=1, topk_group=1, q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=D["head_dim"], qk_rope_head_dim=8,
-              v_head_dim=D["head_dim"], tie_word_embeddings=False, rope_scaling=None)
+              n_group=1, topk_group=1, q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=D["head_dim"],
+              qk_rope_head_dim=8, v_head_dim=D["head_dim"], tie_word_embeddings=False, rope_scaling=None)
     v = []
     v.append(dict(family="qwen2", variant="bf16_tied", kind="transformers", cls=("Qwen2ForCausalLM", "Qwen2Config"),
                   cfg=dict(base, tie_word_embeddings=True),
@@ -657,12 +659,13 @@ def variants():
                   cfg=dict(base, head_dim=D["head_dim"], tie_word_embeddings=False),
                   about="GQA, q/k norm, untied embeddings; template family"))
     v.append(dict(family="qwen3", variant="f16_tied", kind="transformers", cls=("Qwen3ForCausalLM", "Qwen3Config"),
-                  cfg=dict(base, head_dim=D["head_dim"], tie_word_embeddings=True, num_hidden_layers=1), dtype="float16",
+                  cfg=dict(base, head_dim=D["head_dim"], tie_word_embeddings=True, num_hidden_layers=1),
+                  dtype="float16",
                   about="one layer, float16, tied embeddings; template family"))
     v.append(dict(family="qwen3_moe", variant="bf16", kind="transformers",
                   cls=("Qwen3MoeForCausalLM", "Qwen3MoeConfig"),
-                  cfg=dict(base, **moe, head_dim=D["head_dim"], num_experts=4, decoder_sparse_step=1, mlp_only_layers=[1],
-                           tie_word_embeddings=False),
+                  cfg=dict(base, **moe, head_dim=D["head_dim"], num_experts=4, decoder_sparse_step=1,
+                           mlp_only_layers=[1], tie_word_embeddings=False),
                   about="layer 0 MoE (4 experts, no shared expert), layer 1 dense via mlp_only_layers (reference "
                         "template drops it: R2)"))
     v.append(dict(family="glm4", variant="bf16", kind="transformers", cls=("Glm4ForCausalLM", "Glm4Config"),
@@ -671,8 +674,9 @@ def variants():
                   about="GQA, q/k/v bias, fused HF gate_up_proj, post_self_attn/post_mlp layernorms"))
     v.append(dict(family="glm4_moe", variant="bf16", kind="transformers",
                   cls=("Glm4MoeForCausalLM", "Glm4MoeConfig"),
-                  cfg=dict(base, **moe, head_dim=D["head_dim"], n_routed_experts=4, n_shared_experts=1, first_k_dense_replace=1,
-                           n_group=1, topk_group=1, use_qk_norm=True, attention_bias=True, partial_rotary_factor=0.5,
+                  cfg=dict(base, **moe, head_dim=D["head_dim"], n_routed_experts=4, n_shared_experts=1,
+                           first_k_dense_replace=1, n_group=1, topk_group=1, use_qk_norm=True, attention_bias=True,
+                           partial_rotary_factor=0.5,
                            tie_word_embeddings=False),
                   about="layer 0 dense, layer 1 MoE (4 routed + 1 shared expert, e_score_correction_bias), q/k norm, "
                         "q/k/v bias"))
@@ -701,7 +705,8 @@ def variants():
                   cfg=dict(vocab_size=D["vocab_size"], hidden_size=32, moe_intermediate_size=16, num_hidden_layers=2,
                            num_nextn_predict_layers=1, num_attention_heads=4, num_key_value_heads=1,
                            n_shared_experts=1, n_routed_experts=4, num_experts_per_tok=2, head_dim=16, q_lora_rank=24,
-                           qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=16, o_lora_rank=16, o_groups=2, index_n_heads=2, index_head_dim=D["head_dim"],
+                           qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=16, o_lora_rank=16, o_groups=2,
+                           index_n_heads=2, index_head_dim=D["head_dim"],
                            index_topk=4, num_hash_layers=1, compress_ratios=[4, 0, 0], hc_mult=2,
                            tie_word_embeddings=False),
                   about="hand-written DeepSeek-V4 native names: MLA-V4 attention, compressor+indexer on layer 0, "
@@ -971,7 +976,8 @@ def spec_check(family, cfg, hf, mf, interleaved):
     if family != "deepseek3" and family != "telechat3_moe" and any("eh_proj" not in n for n in fused_like):
         raise RuntimeError(f"spec check: {family}: fused tensors not covered by the check: {fused_like}")
     return f"ok: {fused} fused tensors equal the spec formulas, {copies} renamed tensors are byte copies, " \
-           f"{loader_ok} reads by the inference loader's MF-format readers (deal_training_qkv/ffn/moe_weight; one per " \
+           f"{loader_ok} reads by the inference loader's MF-format readers " \
+           f"(deal_training_qkv/ffn/moe_weight; one per " \
            f"qkv, dense fc1, expert) give the HF parts back"
 
 
@@ -983,7 +989,7 @@ def converters_for(fam, conv, augmented):
     return ops
 
 
-def run_variant(v, out_root, vers):
+def run_variant(v, out_root):
     fam, var = v["family"], v["variant"]
     d = os.path.join(out_root, fam, var)
     hf, conf = make_hf(v)
@@ -1110,7 +1116,7 @@ def main():
         if a.only and v["family"] not in a.only:
             continue
         print(f"== {v['family']}/{v['variant']}", flush=True)
-        entries.append(run_variant(v, out, vers))
+        entries.append(run_variant(v, out))
     if not a.only or "fp8_decode" in a.only:
         entries.append(fp8_decode_fixture(out))
     entries.sort(key=lambda e: (e["family"], e["variant"]))
