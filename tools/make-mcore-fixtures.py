@@ -179,7 +179,11 @@ def versions():
     return out
 
 
-def mf_config(family, cfg):
+def mf_config_object(family, cfg):
+    return mf_config(family, cfg, return_object=True)
+
+
+def mf_config(family, cfg, return_object=False):
     """TransformerConfig from the family's own MindFormers config class and converter (config.json keys -> mcore)."""
     mod, cls = {
         "qwen2": ("mindformers.models.qwen2.configuration_qwen2", "Qwen2Config"),
@@ -196,6 +200,8 @@ def mf_config(family, cfg):
     keep = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type", "torch_dtype", "dtype",
                                                       "transformers_version", "quantization_config")}
     c = getattr(importlib.import_module(mod), cls)(**keep)
+    if return_object:
+        return c
     if hasattr(c, "convert_to_transformer_config"):
         return c.convert_to_transformer_config()
     from mindformers.parallel_core.transformer_config_utils import convert_to_transformer_config
@@ -981,6 +987,82 @@ def spec_check(family, cfg, hf, mf, interleaved):
            f"qkv, dense fc1, expert) give the HF parts back"
 
 
+FULL_LOADER = {
+    "qwen3": ("mindformers.models.qwen3.modeling_qwen3_train", "TrainingQwen3ForCausalLM"),
+    "qwen3_moe": ("mindformers.models.qwen3_moe.modeling_qwen3_moe_train", "TrainingQwen3MoeForCausalLM"),
+    "deepseek3": ("mindformers.models.deepseek3.modeling_deepseek_v3_train", "TrainingDeepseekV3ForCausalLM"),
+    "telechat3": ("mindformers.models.telechat3.modeling_telechat3_train", "TrainingTeleChat3ForCausalLM"),
+    "telechat3_moe": ("mindformers.models.telechat3_moe.modeling_telechat3_moe_train",
+                      "TrainingTeleChat3MoeForCausalLM"),
+}
+
+
+def full_loader_check(family, d, cfg, interleaved, ms_name):
+    """The whole reference path on CPU: instantiate the family's MindFormers training network from the config,
+    `checkpoint.load_hf_checkpoint(hf/, network)` (ReshardLoader + template + load_parameters), then compare what the
+    converter handed to `load_parameters` and, when loading succeeds, every network parameter with ms/<expected>
+    (float32 in the network; the upcast of bf16/f16 is exact)."""
+    if family not in FULL_LOADER:
+        return None
+    import mindspore as ms
+    ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
+    import mindformers.checkpoint.checkpoint as ck
+    mod, cls = FULL_LOADER[family]
+    net_cls = getattr(importlib.import_module(mod), cls)
+    for m in list(sys.modules.values()):  # what `use_legacy: False` in an mcore YAML answers
+        if m is not None and m.__name__.startswith("mindformers") and hasattr(m, "is_legacy_model"):
+            m.is_legacy_model = lambda: False
+    seen = {}
+    orig = ck.load_parameters
+
+    def spy(network, state_dict, *a, **k):
+        for n, prm in state_dict.items():
+            seen[n] = (str(prm.dtype), prm.asnumpy().copy())
+        return orig(network, state_dict, *a, **k)
+
+    ck.load_parameters = spy
+    run_cfg = dict(cfg, use_interleaved_weight_layout_mlp=interleaved)
+    if "moe_intermediate_size" in cfg:
+        run_cfg["moe_grouped_gemm"] = True  # the training MoE layer refuses the other setting
+    call = f"{cls}(config) + mindformers.checkpoint.checkpoint.load_hf_checkpoint (PYNATIVE, CPU)"
+    load_error, net = None, None
+    try:
+        cfg_cls = type(mf_config_object(family, run_cfg))
+        net = net_cls(cfg_cls(**{k: v for k, v in run_cfg.items()
+                                 if k not in ("architectures", "model_type", "torch_dtype")}))
+        ck.load_hf_checkpoint(os.path.join(d, "hf"), net)
+    except Exception as e:  # noqa: BLE001 - recorded
+        load_error = f"{type(e).__name__}: {str(e)[:240]}"
+        if not seen:
+            return {"call": call, "error": load_error}
+    finally:
+        ck.load_parameters = orig
+    _, exp = read_st(os.path.join(d, ms_name))
+
+    def same(got, name):
+        dt, e = exp[name]
+        want = bf16_bits_to_f32(e) if dt == "BF16" else e.astype(np.float32)
+        got = got.astype(np.float32)
+        return got.size == want.size and np.array_equal(got.reshape(want.shape).view(np.uint32),
+                                                        want.view(np.uint32))
+
+    # what the converter handed to load_parameters (3-D experts compared through their 2-D view)
+    res = {"call": call,
+           "state_dict_tensors_equal_to_expected": sum(1 for n, (_, a) in seen.items() if n in exp and same(a, n)),
+           "state_dict_tensors_differ": sorted(n for n, (_, a) in seen.items() if n in exp and not same(a, n)),
+           "state_dict_not_in_expected": sorted(n for n in seen if n not in exp),
+           "expected_not_in_state_dict": sorted(n for n in exp if n not in seen),
+           "state_dict_dtypes_handed_to_load_parameters": sorted(set(dt for dt, _ in seen.values()))}
+    if load_error:
+        res["load_parameters_error"] = load_error
+    else:
+        params = list(net.get_parameters())
+        res["network_parameters_equal_to_expected"] = sum(1 for p in params if p.name in exp and
+                                                          same(p.asnumpy(), p.name))
+        res["network_parameters_total"] = len(params)
+    return res
+
+
 def converters_for(fam, conv, augmented):
     ops = list(conv.model.weight_converters)
     if fam == "qwen3_moe" and augmented:
@@ -1064,6 +1146,10 @@ def run_variant(v, out_root):
         entry["outputs"][rname] = {"from": ms_name, "roundtrip_equals_input": same, "data_file_kept": not same}
         entry["notes"] += conv.log
         entry.setdefault("spec_check", {})[ms_name] = spec_check(fam, v["cfg"], src, mf, inter)
+        if not fp8:
+            full = full_loader_check(fam, d, v["cfg"], inter, ms_name)
+            if full is not None:
+                entry.setdefault("full_loader_check", {})[ms_name] = full
     entry["notes"] = list(dict.fromkeys(entry["notes"]))
     return entry
 
