@@ -482,6 +482,13 @@ class Converter:
                     mtp_rows[name] = main
                     continue
             mf = self.convert_name(name)
+            fixed = None
+            for frag, repl in SPEC_FIXES.get(self.family, ()):
+                if frag in mf:
+                    mf, fixed = mf.replace(frag, repl), f"spec fix (docs R13): {frag} -> {repl}"
+            if fixed:
+                out[mf], prov[mf], inverse[mf] = (dt, arr), fixed, ("rename", name)
+                continue
             for frag, fused, part in [(".linear_q.", ".linear_qkv.", "q"), (".linear_k.", ".linear_qkv.", "k"),
                                       (".linear_v.", ".linear_qkv.", "v"),
                                       (".mlp.shared_experts.gating.", ".mlp.shared_experts.linear_fc1.", "gate"),
@@ -858,6 +865,11 @@ def make_hf(v):
 
 TEMPLATE_FAMILIES = ("qwen3", "qwen3_moe", "deepseek4")
 
+# Deviations from the reference's names, where its mapping leaves a parameter of its own network unloaded
+# (measured by infer_loader_check; docs R13).
+SPEC_FIXES = {"glm4_moe": ((".self_attn.q_norm.", ".self_attention.q_layernorm."),
+                           (".self_attn.k_norm.", ".self_attention.k_layernorm."))}
+
 
 # --------------------------------------------------------------------------------------------------------------
 # independent check of the reference outputs against docs/mcore-reference.md section 3 (plain numpy)
@@ -1063,6 +1075,71 @@ def full_loader_check(family, d, cfg, interleaved, ms_name):
     return res
 
 
+INFER_LOADER = {
+    "qwen2": ("mindformers.models.qwen2.modeling_qwen2_infer", "InferenceQwen2ForCausalLM", {"add_qkv_bias": True}),
+    "qwen3": ("mindformers.models.qwen3.modeling_qwen3_infer", "InferenceQwen3ForCausalLM", {}),
+    "qwen3_moe": ("mindformers.models.qwen3_moe.modeling_qwen3_moe_infer", "InferenceQwen3MoeForCausalLM", {}),
+    "glm4": ("mindformers.models.glm4.modeling_glm4_infer", "InferenceGlm4ForCausalLM", {}),
+    "glm4_moe": ("mindformers.models.glm4_moe.modeling_glm4_moe_infer", "InferenceGlm4MoeForCausalLM", {}),
+    "deepseek3": ("mindformers.models.deepseek3.modeling_deepseek_v3_infer", "InferenceDeepseekV3ForCausalLM", {}),
+    "telechat2": ("mindformers.models.telechat2.modeling_telechat2_infer", "InferenceTelechat2ForCausalLM", {}),
+    "telechat3": ("mindformers.models.telechat3.modeling_telechat3_infer", "InferenceTelechat3ForCausalLM", {}),
+}
+
+
+def infer_loader_check(family, d, cfg):
+    """The reference's inference loader, end to end on CPU: build the family's inference network twice, load
+    hf/ (HF branch of `InferModelMixin.load_weights`) into one and each ms/expected*.safetensors (MF-weight branch)
+    into the other, and compare every parameter. Also counts the parameters the HF load actually changed."""
+    if family not in INFER_LOADER:
+        return None
+    import shutil
+    import mindspore as ms
+    ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
+    mod, cls, extra = INFER_LOADER[family]
+    try:
+        net_cls = getattr(importlib.import_module(mod), cls)
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"import {cls}: {type(e).__name__}: {e}"}
+    for m in list(sys.modules.values()):  # what `use_legacy: False` in an mcore YAML answers
+        if m is not None and m.__name__.startswith("mindformers") and hasattr(m, "is_legacy_model"):
+            m.is_legacy_model = lambda: False
+    cfg_obj = type(mf_config_object(family, cfg))
+    run_cfg = {k: v for k, v in dict(cfg, **extra).items() if k not in ("architectures", "model_type", "torch_dtype")}
+
+    def load(files):
+        net = net_cls(cfg_obj(**run_cfg))
+        fresh = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
+        tmp = tempfile.mkdtemp(prefix="mcore-infer-")
+        for f in files:
+            shutil.copy(f, tmp)
+        net.load_weights(tmp)
+        shutil.rmtree(tmp)
+        return fresh, {p.name: p.asnumpy().copy() for p in net.get_parameters()}
+
+    res = {"call": f"{cls}(config).load_weights(dir) (InferModelMixin, PYNATIVE, CPU)"}
+    if extra:
+        res["config_added"] = extra
+    try:
+        fresh, from_hf = load([os.path.join(d, "hf", "model.safetensors")])
+    except Exception as e:  # noqa: BLE001
+        res["error"] = f"HF load: {type(e).__name__}: {str(e)[:240]}"
+        return res
+    res["parameters"] = len(from_hf)
+    res["not_changed_by_hf_load"] = sorted(n for n in from_hf if np.array_equal(from_hf[n], fresh[n]))
+    for ms_name in ("ms/expected.safetensors", "ms/expected_contiguous.safetensors"):
+        if not os.path.exists(os.path.join(d, ms_name)):
+            continue
+        try:
+            _, from_ms = load([os.path.join(d, ms_name)])
+        except Exception as e:  # noqa: BLE001
+            res[ms_name] = f"error: {type(e).__name__}: {str(e)[:240]}"
+            continue
+        differ = sorted(n for n in from_hf if not np.array_equal(from_hf[n], from_ms[n]))
+        res[ms_name] = {"parameters_equal_to_hf_load": len(from_hf) - len(differ), "differ": differ}
+    return res
+
+
 def converters_for(fam, conv, augmented):
     ops = list(conv.model.weight_converters)
     if fam == "qwen3_moe" and augmented:
@@ -1151,6 +1228,10 @@ def run_variant(v, out_root):
             if full is not None:
                 entry.setdefault("full_loader_check", {})[ms_name] = full
     entry["notes"] = list(dict.fromkeys(entry["notes"]))
+    if not fp8:
+        inf = infer_loader_check(fam, d, v["cfg"])
+        if inf is not None:
+            entry["infer_loader_check"] = inf
     return entry
 
 
