@@ -455,6 +455,12 @@ class Converter:
                 if isinstance(op, self.ops.ExpertsConvertOp):
                     op.expert_parallel_size = 1
             back = t.get_hf_state_dict({k: v for k, (_, v) in mf.items()})
+        t = self.new_template(converters)
+        for op in t.weight_converters:
+            op.optimizer_parallel_size = 1
+            if isinstance(op, self.ops.ExpertsConvertOp):
+                op.expert_parallel_size = 1
+        self.sources = {k: [n for n in t.get_hf_names_for_mf(k) if n in back] for k in mf}
         out = collections.OrderedDict((k, (st_dtype(v), np.ascontiguousarray(v))) for k, v in back.items())
         return out, crash
 
@@ -600,55 +606,64 @@ class Converter:
 
     def loader_reverse(self, mf, inverse, hf_order):
         back, prov = {}, {}
-        done_experts = set()
+        self.sources = {}
         for name, (dt, arr) in mf.items():
-            how = inverse[name]
-            mtp_pre = None
-            if how and isinstance(how[-1], tuple) and how[-1] and how[-1][0] == "mtp_prefix":
-                mtp_pre = how[-1][1]
-                how = how[:-1]
-            kind = how[0]
-            if kind == "rename":
-                back[how[1]] = (dt, arr)
-                prov[how[1]] = "inverse rename"
-            elif kind == "fused_fc1":
-                op = how[2]
-                g, u = op.mf_to_hf({name: arr}).values()
-                back[how[1]] = (dt, np.concatenate([g, u], 0))
-                prov[how[1]] = "ConcatConvertOp.mf_to_hf, halves re-joined as gate_up_proj"
-            elif kind == "qkv_bias":
-                from mindformers.parallel_core.inference import weights_utils as wu
-                flat = wu.deal_training_qkv_weight(arr, self.tc)  # the loader's MF reader -> [q ; k ; v]
-                nq = self.tc.num_attention_heads * self.tc.kv_channels
-                nk = self.tc.num_query_groups * self.tc.kv_channels
-                for hn, part in zip(how[1], (flat[:nq], flat[nq:nq + nk], flat[nq + nk:])):
-                    back[hn] = (dt, np.ascontiguousarray(part))
-                    prov[hn] = "inference loader's deal_training_qkv_weight (MF layout -> q|k|v), split"
-            elif kind == "op":
-                op = how[1]
-                mfn = name if mtp_pre is None else op.mf_names[0]
-                for hn, v in op.mf_to_hf({mfn: arr}).items():
-                    back[hn] = (dt, v)
-                    prov[hn] = f"{type(op).__name__}.mf_to_hf"
-            elif kind == "experts":
-                convs = how[1]
-                t = self.new_template(convs)
-                for op in t.weight_converters:
-                    op.optimizer_parallel_size = 1
-                    op.expert_parallel_size = 1
-                mfn = name if mtp_pre is None else mtp_pre + name.split(".transformer_layer.", 1)[1]
-                for hn, v in t.get_hf_state_dict({mfn: arr}).items():
-                    back[hn] = (dt, np.ascontiguousarray(v))
-                    prov[hn] = "ExpertsConvertOp.mf_to_hf (via WeightTemplate.get_hf_state_dict)"
-            else:
-                raise RuntimeError(kind)
+            before = set(back)
+            self._reverse_one(name, dt, arr, inverse, back, prov)
+            self.sources[name] = [n for n in back if n not in before]
         for copy_name, main in self.mtp_copies.items():
             back[copy_name] = back[main]
             prov[copy_name] = f"spec (docs 2.7): re-created from {main}"
+            for srcs in self.sources.values():
+                if main in srcs:
+                    srcs.append(copy_name)
         missing = [n for n in hf_order if n not in back]
         extra = [n for n in back if n not in hf_order]
         order = [n for n in hf_order if n in back] + extra
         return collections.OrderedDict((n, back[n]) for n in order), prov, missing
+
+    def _reverse_one(self, name, dt, arr, inverse, back, prov):
+        """Inverts one MF tensor into `back` (HF name -> (dtype, array)) and records how in `prov`."""
+        how = inverse[name]
+        mtp_pre = None
+        if how and isinstance(how[-1], tuple) and how[-1] and how[-1][0] == "mtp_prefix":
+            mtp_pre = how[-1][1]
+            how = how[:-1]
+        kind = how[0]
+        if kind == "rename":
+            back[how[1]] = (dt, arr)
+            prov[how[1]] = "inverse rename"
+        elif kind == "fused_fc1":
+            op = how[2]
+            g, u = op.mf_to_hf({name: arr}).values()
+            back[how[1]] = (dt, np.concatenate([g, u], 0))
+            prov[how[1]] = "ConcatConvertOp.mf_to_hf, halves re-joined as gate_up_proj"
+        elif kind == "qkv_bias":
+            from mindformers.parallel_core.inference import weights_utils as wu
+            flat = wu.deal_training_qkv_weight(arr, self.tc)  # the loader's MF reader -> [q ; k ; v]
+            nq = self.tc.num_attention_heads * self.tc.kv_channels
+            nk = self.tc.num_query_groups * self.tc.kv_channels
+            for hn, part in zip(how[1], (flat[:nq], flat[nq:nq + nk], flat[nq + nk:])):
+                back[hn] = (dt, np.ascontiguousarray(part))
+                prov[hn] = "inference loader's deal_training_qkv_weight (MF layout -> q|k|v), split"
+        elif kind == "op":
+            op = how[1]
+            mfn = name if mtp_pre is None else op.mf_names[0]
+            for hn, v in op.mf_to_hf({mfn: arr}).items():
+                back[hn] = (dt, v)
+                prov[hn] = f"{type(op).__name__}.mf_to_hf"
+        elif kind == "experts":
+            convs = how[1]
+            t = self.new_template(convs)
+            for op in t.weight_converters:
+                op.optimizer_parallel_size = 1
+                op.expert_parallel_size = 1
+            mfn = name if mtp_pre is None else mtp_pre + name.split(".transformer_layer.", 1)[1]
+            for hn, v in t.get_hf_state_dict({mfn: arr}).items():
+                back[hn] = (dt, np.ascontiguousarray(v))
+                prov[hn] = "ExpertsConvertOp.mf_to_hf (via WeightTemplate.get_hf_state_dict)"
+        else:
+            raise RuntimeError(kind)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1206,6 +1221,9 @@ def run_variant(v, out_root):
             missing = [n for n in order if n not in back]
         else:
             back, rprov, missing = conv.loader_reverse(mf, inverse, list(src))
+        sidecar(os.path.join(d, ms_name), "tools/make-mcore-fixtures.py read_st (raw)",
+                {"use_interleaved_weight_layout_mlp": inter, "provenance": prov,
+                 "sources": {k: conv.sources.get(k, []) for k in mf}})
         if missing:
             entry["notes"].append(f"reverse{suffix} does not re-create: {missing}")
         rname = f"reversed/from_expected{suffix}.safetensors"
