@@ -694,8 +694,9 @@ def variants():
                   cls=("Qwen3MoeForCausalLM", "Qwen3MoeConfig"),
                   cfg=dict(base, **moe, head_dim=D["head_dim"], num_experts=4, decoder_sparse_step=1,
                            mlp_only_layers=[1], tie_word_embeddings=False),
+                  sharded=True,
                   about="layer 0 MoE (4 experts, no shared expert), layer 1 dense via mlp_only_layers (reference "
-                        "template drops it: R2)"))
+                        "template drops it: R2); hf_sharded/ holds the same tensors as two shards + index"))
     v.append(dict(family="glm4", variant="bf16", kind="transformers", cls=("Glm4ForCausalLM", "Glm4Config"),
                   cfg=dict(base, head_dim=D["head_dim"], attention_bias=True, partial_rotary_factor=0.5,
                            tie_word_embeddings=False),
@@ -1141,6 +1142,11 @@ def infer_loader_check(family, d, cfg):
         res["error"] = f"HF load: {type(e).__name__}: {str(e)[:240]}"
         return res
     res["parameters"] = len(from_hf)
+    shard_dir = os.path.join(d, "hf_sharded")
+    if os.path.isdir(shard_dir):
+        _, from_shards = load([os.path.join(shard_dir, f) for f in sorted(os.listdir(shard_dir))
+                               if f.endswith(".safetensors")])
+        res["hf_sharded_equal_to_hf"] = all(np.array_equal(from_hf[n], from_shards[n]) for n in from_hf)
     res["not_changed_by_hf_load"] = sorted(n for n in from_hf if np.array_equal(from_hf[n], fresh[n]))
     for ms_name in ("ms/expected.safetensors", "ms/expected_contiguous.safetensors"):
         if not os.path.exists(os.path.join(d, ms_name)):
@@ -1173,6 +1179,8 @@ def run_variant(v, out_root):
         json.dump(conf, f, indent=1, sort_keys=True)
         f.write("\n")
     sidecar(os.path.join(d, "hf", "model.safetensors"), "tools/make-mcore-fixtures.py read_st (raw)")
+    if v.get("sharded"):
+        write_shards(os.path.join(d, "hf_sharded"), hf, conf)
     _, hf = read_st(os.path.join(d, "hf", "model.safetensors"))  # from the file, as a loader would see it
     entry = {"family": fam, "variant": var, "dir": f"{fam}/{var}", "about": v["about"], "outputs": {}, "notes": []}
     src = hf
@@ -1251,6 +1259,27 @@ def run_variant(v, out_root):
         if inf is not None:
             entry["infer_loader_check"] = inf
     return entry
+
+
+def write_shards(dirpath, hf, conf):
+    """The same HF tensors as two shards + model.safetensors.index.json, split in the middle of the file order
+    (which puts one layer's experts in both shards)."""
+    names = list(hf)
+    half = len(names) // 2
+    weight_map, total = {}, 0
+    for k, part in enumerate((names[:half], names[half:])):
+        fn = f"model-{k + 1:05d}-of-00002.safetensors"
+        write_st(os.path.join(dirpath, fn), collections.OrderedDict((n, hf[n]) for n in part), {"format": "pt"})
+        sidecar(os.path.join(dirpath, fn), "tools/make-mcore-fixtures.py read_st (raw)")
+        for n in part:
+            weight_map[n] = fn
+            total += hf[n][1].nbytes
+    with open(os.path.join(dirpath, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
+        f.write("\n")
+    with open(os.path.join(dirpath, "config.json"), "w") as f:
+        json.dump(conf, f, indent=1, sort_keys=True)
+        f.write("\n")
 
 
 def fp8_decode_fixture(out_root):
