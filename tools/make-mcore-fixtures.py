@@ -1081,6 +1081,22 @@ def full_loader_check(family, d, cfg, interleaved, ms_name):
            "state_dict_not_in_expected": sorted(n for n in seen if n not in exp),
            "expected_not_in_state_dict": sorted(n for n in exp if n not in seen),
            "state_dict_dtypes_handed_to_load_parameters": sorted(set(dt for dt, _ in seen.values()))}
+    if family in ("qwen3", "qwen3_moe"):  # the older dict conversion of the same training network
+        import threading
+        _, hf = read_st(os.path.join(d, "hf", "model.safetensors"))
+        try:
+            legacy = net.convert_weight_dict({k: a for k, (_, a) in hf.items()}, qkv_dict={},
+                                             condition=threading.Condition())
+            leg_eq = [k for k, a in legacy.items() if k in exp and np.asarray(a).size == exp[k][1].size and
+                      np.array_equal(np.asarray(a).reshape(exp[k][1].shape), exp[k][1])]
+            res["legacy_convert_weight_dict"] = {
+                "call": f"{cls}.convert_weight_dict (TrainModelMixin concat_* path)",
+                "equal_to_expected": len(leg_eq),
+                "differ": sorted(k for k in legacy if k in exp and k not in leg_eq),
+                "not_in_expected": sorted(k for k in legacy if k not in exp),
+                "expected_not_produced": sorted(k for k in exp if k not in legacy)}
+        except Exception as e:  # noqa: BLE001
+            res["legacy_convert_weight_dict"] = {"error": f"{type(e).__name__}: {str(e)[:240]}"}
     if load_error:
         res["load_parameters_error"] = load_error
     else:
