@@ -19,11 +19,14 @@ How each output is produced (also recorded per file in index.json, "provenance")
     `weight_mapping`; fused tensors from the reference's op classes configured as a template would be
     (`QKVConvertOp`, `ConcatConvertOp`, `ExpertsConvertOp` through `preprocess_hf_weights`), the q/k/v bias from
     `TrainModelMixin.concat_qkv_interleaved` (the legacy training conversion; `QKVBiasConvertOp` fails for GQA).
-    Reverse:
-    the same ops' `mf_to_hf`, names inverted.
+    Reverse: the same ops' `mf_to_hf`, names inverted.
   * spec choices where the reference has no behaviour to copy (MTP layers of deepseek3 / telechat3_moe, FP8 block
-    dequantisation with partial edge blocks) are marked "spec" in the provenance and described in
-    docs/mcore-reference.md.
+    dequantisation with partial edge blocks, glm4_moe q/k norms) are marked "spec" in the provenance and described
+    in docs/mcore-reference.md.
+Checks recorded in index.json per variant: `spec_check` (every fused tensor recomputed from the doc's formulas in
+plain numpy; the inference loader's MF readers give the HF parts back), `infer_loader_check` (the reference's
+inference network on CPU loads hf/ and ms/expected*.safetensors; parameters compared), `full_loader_check`
+(the reference's `load_hf_checkpoint` into the training network on CPU, and its legacy `convert_weight_dict`).
 Tensors are carried as raw storage (bf16 as uint16, fp8 as uint8): every op used only rearranges, so the outputs
 are bit-exact rearrangements of the inputs.
 """
