@@ -45,6 +45,9 @@ pub enum ConvertError {
     Plan(#[from] PlanError),
     #[error("{0}")]
     Usage(String),
+    /// Input names that the family's rules do not match: one line naming the input, with a hint when clear.
+    #[error("{0}")]
+    Unmatched(String),
     #[error("tensor '{tensor}': {msg}")]
     Exec { tensor: String, msg: String },
     #[error("cancelled")]
@@ -116,9 +119,15 @@ pub fn run(spec: &JobSpec, ctl: &RunControl) -> Result<JobOutcome, ConvertError>
 pub fn run_locked(
     spec: &JobSpec,
     ctl: &RunControl,
-    _lock: &OutputLock,
+    lock: &OutputLock,
 ) -> Result<JobOutcome, ConvertError> {
-    Prepared::new(spec)?.execute(ctl)
+    let mut outcome = Prepared::new(spec)?.execute(ctl)?;
+    if let Some(dir) = &lock.created {
+        outcome
+            .warnings
+            .insert(0, format!("created the output directory {}", dir.display()));
+    }
+    Ok(outcome)
 }
 
 /// An exclusive lock on one job's output (a `flock` on a hidden lock file beside it), held until dropped; the
@@ -126,6 +135,8 @@ pub fn run_locked(
 pub struct OutputLock {
     _file: std::fs::File,
     pub path: PathBuf,
+    /// The top-most directory that taking the lock created (the output's directory did not exist).
+    pub created: Option<PathBuf>,
 }
 
 impl Drop for OutputLock {
@@ -151,6 +162,12 @@ pub fn lock_output(spec: &JobSpec) -> Result<OutputLock, ConvertError> {
             out.file_name().map(|n| n.to_string_lossy().into_owned()),
         )
     };
+    // Missing directories are created, and the job says so (a warning): a typo in a path is seen, not silent.
+    let created = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .last()
+        .map(Path::to_path_buf);
     std::fs::create_dir_all(&dir).map_err(|e| formats::FormatError::io(&dir, e))?;
     let path = dir.join(match &name {
         Some(n) => format!(".{n}.convert-weight.lock"),
@@ -189,7 +206,11 @@ pub fn lock_output(spec: &JobSpec) -> Result<OutputLock, ConvertError> {
             }
         }
     }
-    Ok(OutputLock { _file: file, path })
+    Ok(OutputLock {
+        _file: file,
+        path,
+        created,
+    })
 }
 
 fn flock_exclusive(file: &std::fs::File) -> std::io::Result<()> {
@@ -283,22 +304,25 @@ fn target(spec: &JobSpec) -> Result<Target, ConvertError> {
             sharded: true,
         });
     }
-    let (format, path) = match OutputFormat::from_extension(out) {
-        Some(f) => (f, out.clone()),
-        // Like the reference: a MindSpore output gets `.ckpt` appended, a reversed one is a torch file.
-        None if to_mindspore => {
-            let mut p = out.clone().into_os_string();
-            p.push(".ckpt");
-            (OutputFormat::Ckpt, PathBuf::from(p))
-        }
-        None if spec.model.is_some() => (OutputFormat::Torch, out.clone()),
-        None => {
-            return Err(usage(format!(
-                "{}: cannot tell the output format: use .ckpt, .bin/.pt/.pth, .safetensors or a directory",
-                out.display()
-            )))
-        }
+    // One rule in every mode: the extension names the format; anything else is refused with a suggestion.
+    let Some(format) = OutputFormat::from_extension(out) else {
+        let what = match out.extension() {
+            Some(e) => format!("unknown extension '.{}'", e.to_string_lossy()),
+            None => "no extension".to_string(),
+        };
+        let usual = match (&spec.model, spec.reversed) {
+            (Some(_), false) => "ckpt",
+            (Some(_), true) => "bin",
+            (None, _) => "safetensors",
+        };
+        return Err(usage(format!(
+            "{}: {what}: the output format comes from the extension: .ckpt (MindSpore), .safetensors, \
+             .bin/.pt/.pth (torch), or a directory ending in '/' (HF shards); e.g. {}.{usual}",
+            out.display(),
+            out.display()
+        )));
     };
+    let path = out.clone();
     if spec.max_shard_size.is_some() {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         return Ok(Target {
@@ -388,6 +412,10 @@ fn plan_job(spec: &JobSpec, opened: &Opened) -> Result<JobPlan, ConvertError> {
     JobPlan::new(&opened.source, mapping, spec.dtype).map_err(|e| match e {
         // A hyper-parameter that contradicts the weights: name the config.json it came from.
         PlanError::Model(e @ ModelError::Hyper { .. }) => config_error(&opened.config, e),
+        PlanError::Model(ModelError::Unmapped { names, .. }) => match opened.family {
+            Some(f) => unmatched(spec, opened, f, &names),
+            None => usage("internal error: unmatched names without a family"),
+        },
         PlanError::Model(e) => e.into(),
         PlanError::Usage(m) => usage(format!("{}: {m}", spec.input.display())),
         e => e.into(),
@@ -410,15 +438,103 @@ fn plan_warnings(source: &Checkpoint, plan: &JobPlan) -> Vec<String> {
 }
 
 /// Write options: the safetensors `format` metadata, shard size.
-fn write_options(spec: &JobSpec) -> WriteOptions {
-    let to_mindspore = spec.model.is_some() && !spec.reversed;
+fn write_options(spec: &JobSpec, source: &Checkpoint) -> WriteOptions {
     WriteOptions {
-        metadata: vec![(
-            "format".to_string(),
-            if to_mindspore { "ms" } else { "pt" }.to_string(),
-        )],
+        metadata: vec![("format".to_string(), names_format(spec, source).to_string())],
         max_shard_size: spec.max_shard_size,
         ..WriteOptions::default()
+    }
+}
+
+/// The safetensors `format` metadata of an output says whose tensor names it holds, one rule for every mode: `ms`
+/// for MindSpore names (a forward model conversion, or a pure conversion of MindSpore names: a MindSpore checkpoint,
+/// or a safetensors file that says `ms`), `pt` for HF/torch names (a reverse conversion, or a pure conversion of
+/// anything else).
+fn names_format(spec: &JobSpec, source: &Checkpoint) -> &'static str {
+    match (&spec.model, spec.reversed) {
+        (Some(_), false) => "ms",
+        (Some(_), true) => "pt",
+        (None, _) if is_mindspore(source) => "ms",
+        (None, _) => "pt",
+    }
+}
+
+/// Whether a checkpoint holds MindSpore names: a MindSpore ckpt, or a file whose `format` metadata says `ms`.
+fn is_mindspore(source: &Checkpoint) -> bool {
+    source.format.contains("mindspore")
+        || source
+            .metadata
+            .iter()
+            .any(|(k, v)| k == "format" && v == "ms")
+}
+
+/// The one-line error for input names that match no rule: the input, the count, the first few names, and a hint
+/// when one is clear.
+fn unmatched(spec: &JobSpec, opened: &Opened, family: &Family, names: &[String]) -> ConvertError {
+    let infos = opened.source.infos();
+    let mut msg = format!(
+        "{}: {} of {} tensor names match no rule of --model {}{}: {}",
+        spec.input.display(),
+        names.len(),
+        infos.len(),
+        family.name,
+        if spec.reversed { " --reversed" } else { "" },
+        models::first_names(names, 3)
+    );
+    let current = infos.len() - names.len();
+    if let Some(h) = unmatched_hint(&opened.source, family, spec.reversed, current) {
+        msg.push_str("; hint: ");
+        msg.push_str(&h);
+    }
+    ConvertError::Unmatched(msg)
+}
+
+/// A hint for names that do not match: the family and direction whose rules accept the most names, when they
+/// accept clearly more than the one asked for (and at least 90% of the names); else what the file format says.
+fn unmatched_hint(
+    source: &Checkpoint,
+    family: &Family,
+    reversed: bool,
+    current: usize,
+) -> Option<String> {
+    let infos = source.infos();
+    let n = infos.len();
+    let others = || models::registry().iter().filter(|f| f.name != family.name);
+    // In order of preference on ties: the other direction of the same family, other families.
+    let candidates = std::iter::once((family, !reversed))
+        .chain(others().map(|f| (*f, reversed)))
+        .chain(others().map(|f| (*f, !reversed)));
+    let mut best: Option<(&Family, bool, usize)> = None;
+    for (f, r) in candidates {
+        let c = models::planner::matched(f, &infos, r);
+        if best.is_none_or(|b| c > b.2) {
+            best = Some((f, r, c));
+        }
+    }
+    let ms = is_mindspore(source);
+    if let Some((f, r, c)) = best.filter(|b| b.2 > current && b.2 * 10 >= n * 9) {
+        return Some(if f.name == family.name {
+            match (r, ms) {
+                (true, true) => "this is a MindSpore checkpoint: add --reversed".to_string(),
+                (true, false) => "these are MindSpore names: add --reversed".to_string(),
+                (false, _) => "these are HF/torch names: drop --reversed".to_string(),
+            }
+        } else {
+            let dir = match (r == reversed, r) {
+                (true, _) => "",
+                (false, true) => " --reversed",
+                (false, false) => " without --reversed",
+            };
+            format!("the names fit --model {}{dir} ({c} of {n})", f.name)
+        });
+    }
+    // No family fits clearly: the file format still tells the direction.
+    if ms && !reversed {
+        Some("this is a MindSpore checkpoint: add --reversed".to_string())
+    } else if reversed && !ms && source.format.contains("torch") {
+        Some("this is a torch file, not a MindSpore checkpoint: drop --reversed".to_string())
+    } else {
+        None
     }
 }
 
@@ -439,7 +555,7 @@ impl Prepared {
         } else {
             let target = target(spec)?;
             check_not_overwriting(&source, &target)?;
-            (target, write_options(spec))
+            (target, write_options(spec, &source))
         };
         Ok(Prepared {
             source,
@@ -700,6 +816,8 @@ pub fn verify(spec: &JobSpec, expected: &Path) -> Result<Vec<Difference>, Conver
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::OutTensor;
+    use crate::tensor::TensorInfo;
 
     fn spec(model: Option<&str>, reversed: bool, out: &str) -> JobSpec {
         JobSpec {
@@ -710,23 +828,32 @@ mod tests {
         }
     }
 
+    /// §4 item 5: one rule in every mode — the extension names the format; an unknown or missing one is refused
+    /// (before: forward wrote `x.txt.ckpt`, reverse a torch zip named `x.txt`, a pure conversion refused).
     #[test]
-    fn output_format_follows_the_path() {
+    fn output_format_follows_the_extension_in_every_mode() {
         let t = |m, r, o| target(&spec(m, r, o)).map(|t| (t.format, t.path, t.sharded));
-        assert_eq!(
-            t(Some("llama"), false, "x/out").unwrap(),
-            (OutputFormat::Ckpt, PathBuf::from("x/out.ckpt"), false)
-        );
-        assert_eq!(
-            t(Some("llama"), true, "x/out").unwrap(),
-            (OutputFormat::Torch, PathBuf::from("x/out"), false)
-        );
-        assert_eq!(t(None, false, "a.pth").unwrap().0, OutputFormat::Torch);
-        assert_eq!(
-            t(None, false, "a.safetensors").unwrap().0,
-            OutputFormat::Safetensors
-        );
-        assert!(t(None, false, "a.weird").is_err());
+        for (m, r) in [(Some("llama"), false), (Some("llama"), true), (None, false)] {
+            for bad in ["x/out.txt", "x/out"] {
+                let e = t(m, r, bad).unwrap_err().to_string();
+                assert!(e.starts_with(bad) && e.contains(".ckpt (MindSpore)"), "{e}");
+            }
+            assert_eq!(
+                t(m, r, "x/out.ckpt").unwrap(),
+                (OutputFormat::Ckpt, PathBuf::from("x/out.ckpt"), false)
+            );
+            assert_eq!(t(m, r, "a.pth").unwrap().0, OutputFormat::Torch);
+            assert_eq!(
+                t(m, r, "a.safetensors").unwrap().0,
+                OutputFormat::Safetensors
+            );
+        }
+        // the suggestion is the mode's usual extension
+        let e = |m, r| t(m, r, "y.txt").unwrap_err().to_string();
+        assert!(e(Some("llama"), false).ends_with("e.g. y.txt.ckpt"));
+        assert!(e(Some("llama"), true).ends_with("e.g. y.txt.bin"));
+        assert!(e(None, false).ends_with("e.g. y.txt.safetensors"));
+        assert!(e(None, false).contains("unknown extension '.txt'"));
         let d = t(Some("llama"), true, "hf/").unwrap();
         assert_eq!((d.0, d.2), (OutputFormat::Safetensors, true));
         let mut s = spec(None, false, "o/model.bin");
@@ -736,6 +863,198 @@ mod tests {
             (t.format, t.path, t.sharded),
             (OutputFormat::Torch, PathBuf::from("o"), true)
         );
+    }
+
+    /// Write a small checkpoint of f32 tensors (contents: zeros) with the given names and shapes.
+    fn write_ckpt(
+        path: &Path,
+        format: OutputFormat,
+        tensors: &[(&str, &[usize])],
+        meta: &[(&str, &str)],
+    ) {
+        let outs: Vec<OutTensor> = tensors
+            .iter()
+            .map(|(n, s)| OutTensor {
+                info: TensorInfo::new(*n, DType::F32, s.to_vec()),
+                tied_to: None,
+            })
+            .collect();
+        let opts = WriteOptions {
+            metadata: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..WriteOptions::default()
+        };
+        let mut w = formats::create_single_writer(format, path, &outs, &opts).unwrap();
+        for i in w.order() {
+            w.write(i, &vec![0u8; outs[i].info.nbytes()]).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    fn run_job(spec: &JobSpec) -> Result<JobOutcome, ConvertError> {
+        let cancel = AtomicBool::new(false);
+        let ctl = RunControl {
+            cancel: &cancel,
+            progress: &|_| {},
+            hash: false,
+        };
+        run(spec, &ctl)
+    }
+
+    fn job(model: Option<&str>, reversed: bool, input: &Path, output: &Path) -> JobSpec {
+        JobSpec {
+            model: model.map(String::from),
+            reversed,
+            input: input.to_path_buf(),
+            output: output.to_path_buf(),
+            ..JobSpec::default()
+        }
+    }
+
+    const GLM: &[(&str, &[usize])] = &[
+        ("transformer.word_embeddings.weight", &[8, 4]),
+        ("transformer.layers.0.input_layernorm.weight", &[4]),
+        ("transformer.layers.0.input_layernorm.bias", &[4]),
+        (
+            "transformer.layers.0.attention.query_key_value.weight",
+            &[12, 4],
+        ),
+        ("transformer.layers.0.attention.dense.weight", &[4, 4]),
+        ("transformer.final_layernorm.weight", &[4]),
+    ];
+    const LLAMA: &[(&str, &[usize])] = &[
+        ("model.embed_tokens.weight", &[8, 4]),
+        ("model.layers.0.self_attn.q_proj.weight", &[4, 4]),
+        ("model.layers.0.self_attn.k_proj.weight", &[4, 4]),
+        ("model.layers.0.input_layernorm.weight", &[4]),
+        ("model.norm.weight", &[4]),
+    ];
+    const LLAMA_MS: &[(&str, &[usize])] = &[
+        ("model.tok_embeddings.embedding_weight", &[8, 4]),
+        ("model.layers.0.attention.wq.weight", &[4, 4]),
+        ("model.norm_out.weight", &[4]),
+    ];
+
+    /// §4 item 1: names that match no rule give one line naming the input, the count, the first few names and a
+    /// hint (before: every name on one long line, no file, no hint).
+    #[test]
+    fn unmatched_names_name_the_input_and_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let glm = dir.path().join("glm.safetensors");
+        write_ckpt(&glm, OutputFormat::Safetensors, GLM, &[]);
+        let out = dir.path().join("o.ckpt");
+        let e = error_chain(&plan(&job(Some("llama"), false, &glm, &out)).unwrap_err());
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            e.starts_with(&format!(
+                "{}: 6 of 6 tensor names match no rule of --model llama: ",
+                glm.display()
+            )),
+            "{e}"
+        );
+        assert!(
+            e.contains(": transformer.") && e.contains(" and 3 more; "),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("hint: the names fit --model glm (6 of 6)"),
+            "{e}"
+        );
+        assert!(e.len() < 300, "{e}");
+        // a torch/HF checkpoint with --reversed
+        let hf = dir.path().join("llama.bin");
+        write_ckpt(&hf, OutputFormat::Torch, LLAMA, &[]);
+        let e = error_chain(&plan(&job(Some("llama"), true, &hf, &out)).unwrap_err());
+        assert!(
+            e.ends_with("hint: these are HF/torch names: drop --reversed"),
+            "{e}"
+        );
+        // a MindSpore checkpoint without --reversed
+        let ms = dir.path().join("llama.ckpt");
+        write_ckpt(&ms, OutputFormat::Ckpt, LLAMA_MS, &[]);
+        let e = error_chain(&plan(&job(Some("llama"), false, &ms, &out)).unwrap_err());
+        assert!(
+            e.ends_with("hint: this is a MindSpore checkpoint: add --reversed"),
+            "{e}"
+        );
+        // names no family knows, in a MindSpore file: the format still tells the direction
+        let odd = dir.path().join("odd.ckpt");
+        write_ckpt(&odd, OutputFormat::Ckpt, &[("foo.bar", &[2])], &[]);
+        let e = error_chain(&plan(&job(Some("gpt"), false, &odd, &out)).unwrap_err());
+        assert!(
+            e.ends_with("hint: this is a MindSpore checkpoint: add --reversed"),
+            "{e}"
+        );
+        // no clear hint: none given
+        let st = dir.path().join("odd.safetensors");
+        write_ckpt(&st, OutputFormat::Safetensors, &[("foo.bar", &[2])], &[]);
+        let e = error_chain(&plan(&job(Some("gpt"), false, &st, &out)).unwrap_err());
+        assert!(!e.contains("hint"), "{e}");
+    }
+
+    /// §4 item 6: a missing output directory is created, and the job says so in a warning (before: silently).
+    #[test]
+    fn a_created_output_directory_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.safetensors");
+        write_ckpt(&input, OutputFormat::Safetensors, LLAMA, &[]);
+        let out = dir.path().join("typo/deeper/out.ckpt");
+        let outcome = run_job(&job(None, false, &input, &out)).unwrap();
+        assert!(out.is_file());
+        assert_eq!(
+            outcome.warnings.first().map(String::as_str),
+            Some(
+                format!(
+                    "created the output directory {}",
+                    dir.path().join("typo").display()
+                )
+                .as_str()
+            )
+        );
+        // an existing directory: no warning
+        let again = run_job(&job(None, false, &input, &dir.path().join("typo/x.ckpt"))).unwrap();
+        assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+    }
+
+    fn st_format(path: &Path) -> Option<String> {
+        let ck = formats::safetensors::read(path).unwrap();
+        ck.metadata
+            .iter()
+            .find(|(k, _)| k == "format")
+            .map(|(_, v)| v.clone())
+    }
+
+    /// §4 item 10: safetensors `format` metadata says whose names the file holds, in every mode (before: a pure
+    /// `.ckpt` → `.safetensors` wrote `pt` over MindSpore names).
+    #[test]
+    fn safetensors_format_metadata_follows_the_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ms, hf) = (dir.path().join("m.ckpt"), dir.path().join("h.bin"));
+        write_ckpt(&ms, OutputFormat::Ckpt, LLAMA_MS, &[]);
+        write_ckpt(&hf, OutputFormat::Torch, LLAMA, &[]);
+        let st_ms = dir.path().join("st_ms.safetensors");
+        write_ckpt(
+            &st_ms,
+            OutputFormat::Safetensors,
+            LLAMA_MS,
+            &[("format", "ms")],
+        );
+        for (k, (model, reversed, input, want)) in [
+            (None, false, &ms, "ms"),
+            (None, false, &hf, "pt"),
+            (None, false, &st_ms, "ms"),
+            (Some("llama"), false, &hf, "ms"),
+            (Some("llama"), true, &ms, "pt"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let out = dir.path().join(format!("o{k}.safetensors"));
+            run_job(&job(model, reversed, input, &out)).unwrap();
+            assert_eq!(st_format(&out).as_deref(), Some(want), "case {k}");
+        }
     }
 
     #[test]

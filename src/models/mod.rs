@@ -42,7 +42,7 @@ families! {
 pub enum ModelError {
     #[error("unknown model '{0}' (see --list-models)")]
     UnknownModel(String),
-    #[error("{family}: {} input tensor(s) match no rule: {}", names.len(), names.join(", "))]
+    #[error("{family}: {} input tensor(s) match no rule: {}", names.len(), first_names(names, 3))]
     Unmapped { family: String, names: Vec<String> },
     #[error("{family}: tensor '{tensor}': {msg}")]
     Tensor {
@@ -54,6 +54,20 @@ pub enum ModelError {
     Other { family: String, msg: String },
     #[error("hyper-parameter {name}: {msg}")]
     Hyper { name: String, msg: String },
+}
+
+/// The first `k` names, then how many more: `a, b, c and 12 more`.
+pub fn first_names(names: &[String], k: usize) -> String {
+    let mut s = names
+        .iter()
+        .take(k)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > k {
+        s.push_str(&format!(" and {} more", names.len() - k));
+    }
+    s
 }
 
 /// Hyper-parameters a family may need. `None` means unknown (neither config.json nor a flag gave it).

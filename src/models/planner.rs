@@ -155,6 +155,18 @@ pub fn plan(
     Ok(out)
 }
 
+/// How many of `inputs` some rule of `family` accepts in a direction (renamed, fused or dropped): a cheap score of
+/// how well a family fits a checkpoint, for hints when names do not match.
+pub fn matched(family: &Family, inputs: &[TensorInfo], reversed: bool) -> usize {
+    let Ok(rules) = compile(family, reversed) else {
+        return 0;
+    };
+    inputs
+        .iter()
+        .filter(|t| match_rule(&rules, &t.name, reversed).is_some())
+        .count()
+}
+
 // ------------------------------------------------------------------------------------------------------------------
 // Context
 
