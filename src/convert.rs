@@ -12,24 +12,7 @@ use crate::models::{self, HyperParams};
 use crate::ops::{Expr, Plan, PlanItem};
 use crate::tensor::{Checkpoint, DType, TensorInfo};
 
-/// Everything that defines one conversion (a `convert-weight` call or one `[[job]]` of a manifest).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct JobSpec {
-    /// Model family key or alias; `None` means a pure format conversion.
-    pub model: Option<String>,
-    pub input: PathBuf,
-    pub output: PathBuf,
-    pub reversed: bool,
-    /// Cast floating tensors to this dtype.
-    pub dtype: Option<DType>,
-    pub n_head: Option<usize>,
-    pub hidden_size: Option<usize>,
-    pub layers: Option<usize>,
-    /// `cpu`, `cuda`, `cuda:N` or `auto` (`None` = auto).
-    pub device: Option<String>,
-    /// Split the output into HF shards of at most this many bytes.
-    pub max_shard_size: Option<u64>,
-}
+pub use crate::options::JobSpec;
 
 /// Errors of one job, with the whole cause chain in `Display` of the chain (see [`error_chain`]).
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ pub mod sharded;
 pub mod torch;
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -257,121 +257,56 @@ pub fn create_single_writer(
     }
 }
 
-/// A file being written under a temporary name in its final directory; [`AtomicFile::commit`] fsyncs and renames
-/// it into place. Dropped uncommitted, the temporary file is removed. Buffered; implements `Write` and `Seek`.
-pub struct AtomicFile {
-    path: PathBuf,
-    out: BufWriter<tempfile::NamedTempFile>,
-    /// Logical write position (bytes handed to the buffer, seeks applied).
-    pos: u64,
-    /// End of the range already handed to the kernel for writeback.
-    kicked: u64,
+/// Prefix of every temporary output name (see [`crate::fsio`]).
+pub use crate::fsio::{temp_prefix, TEMP_PREFIX};
+
+impl From<crate::fsio::FsError> for FormatError {
+    fn from(e: crate::fsio::FsError) -> Self {
+        FormatError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
-/// Bytes written before the kernel is asked to start writing them back (so `commit`'s fsync waits for the tail only).
-const WRITEBACK_STEP: u64 = 32 << 20;
-
-/// Prefix of every temporary output name, so a later run can find and remove leftovers of a killed one.
-pub const TEMP_PREFIX: &str = ".convert-weight-tmp-";
-
-/// Prefix of the temporary names of one output file: `.convert-weight-tmp-<file name>-`.
-pub fn temp_prefix(file_name: &str) -> String {
-    format!("{TEMP_PREFIX}{file_name}-")
-}
+/// A file being written under a temporary name in its final directory: [`crate::fsio::AtomicFile`] with the
+/// format layer's errors. [`AtomicFile::commit`] fsyncs, renames into place and fsyncs the directory; dropped
+/// uncommitted, the temporary file is removed. Inside a [`crate::fsio::HashScope`] its bytes are hashed as they
+/// are written. Buffered; implements `Write` and `Seek`.
+pub struct AtomicFile(crate::fsio::AtomicFile);
 
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<Self> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&dir).map_err(|e| FormatError::io(&dir, e))?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&temp_prefix(&name))
-            .tempfile_in(&dir)
-            .map_err(|e| FormatError::io(path, e))?;
-        Ok(AtomicFile {
-            path: path.to_path_buf(),
-            out: BufWriter::with_capacity(8 << 20, tmp),
-            pos: 0,
-            kicked: 0,
-        })
+        Ok(AtomicFile(crate::fsio::AtomicFile::create(path)?))
     }
 
     /// Final path of the file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 
     /// `write_all` with the error naming the output file.
     pub fn put(&mut self, buf: &[u8]) -> Result<()> {
-        self.out
-            .write_all(buf)
-            .map_err(|e| FormatError::io(&self.path, e))?;
-        self.advance(buf.len());
-        Ok(())
+        Ok(self.0.put(buf)?)
     }
 
-    /// Account for `n` bytes written; once enough reached the file, start their writeback (advisory: the data is
-    /// made durable by `commit`'s fsync either way).
-    fn advance(&mut self, n: usize) {
-        self.pos += n as u64;
-        let in_file = self.pos.saturating_sub(self.out.buffer().len() as u64);
-        if in_file >= self.kicked + WRITEBACK_STEP {
-            #[cfg(target_os = "linux")]
-            {
-                use std::os::fd::AsRawFd;
-                let fd = self.out.get_ref().as_file().as_raw_fd();
-                // SAFETY: plain syscall on a file descriptor we own; failure only loses the hint.
-                unsafe {
-                    libc::sync_file_range(
-                        fd,
-                        self.kicked as libc::off64_t,
-                        (in_file - self.kicked) as libc::off64_t,
-                        libc::SYNC_FILE_RANGE_WRITE,
-                    )
-                };
-            }
-            self.kicked = in_file;
-        }
-    }
-
-    /// Flush, fsync and rename into place.
+    /// Flush, fsync, rename into place, fsync the directory.
     pub fn commit(self) -> Result<PathBuf> {
-        let path = self.path;
-        let tmp = self
-            .out
-            .into_inner()
-            .map_err(|e| FormatError::io(&path, e.into_error()))?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| FormatError::io(&path, e))?;
-        tmp.persist(&path)
-            .map_err(|e| FormatError::io(&path, e.error))?;
-        Ok(path)
+        Ok(self.0.commit()?.path)
     }
 }
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.advance(n);
-        Ok(n)
+        self.0.write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        self.0.flush()
     }
 }
 
 impl Seek for AtomicFile {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let p = self.out.seek(pos)?;
-        self.pos = p;
-        self.kicked = self.kicked.min(p);
-        Ok(p)
+        self.0.seek(pos)
     }
 }
