@@ -579,6 +579,8 @@ impl Prepared {
 
     fn execute(self, ctl: &RunControl) -> Result<JobOutcome, ConvertError> {
         let compute = Compute::from_spec(self.device.as_deref()).map_err(|e| usage(e.0))?;
+        // Output files are hashed while they are written (never read back), on this thread.
+        let hashing = ctl.hash.then(crate::fsio::HashScope::enter);
         let mut writer = if self.target.sharded {
             formats::sharded::writer(
                 self.target.format,
@@ -667,10 +669,14 @@ impl Prepared {
                 .map_err(|e| formats::FormatError::io(&path, e))?
                 .len();
             bytes_written += bytes;
-            let sha256 = if ctl.hash {
-                Some(file_sha256(&path)?)
-            } else {
-                None
+            let sha256 = match &hashing {
+                None => None,
+                Some(scope) => match scope.take(&path) {
+                    Some(d) => Some(d),
+                    // A writer that rewrote bytes in place (the zip crate patches each local header of a torch
+                    // zip after its data): no streamed digest, so this one file is hashed from disk.
+                    None => Some(file_sha256(&path)?),
+                },
             };
             outputs.push(OutputFile {
                 path,
