@@ -2,7 +2,7 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -55,6 +55,32 @@ pub(super) fn failed(job: &BatchJob, status: Status, error: String, seconds: f64
     }
 }
 
+/// How a report names a file: absolute, with symbolic links resolved where the file exists, else lexically
+/// normalised against the working directory. One convention for inputs and outputs, ran or skipped.
+pub fn report_path(p: &Path) -> String {
+    if let Ok(c) = p.canonicalize() {
+        return c.display().to_string();
+    }
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out.display().to_string()
+}
+
 /// Seconds to the millisecond, for readable reports.
 fn round_secs(s: f64) -> f64 {
     (s * 1000.0).round() / 1000.0
@@ -64,14 +90,14 @@ pub(super) fn inputs_of(spec: &JobSpec, listed: &[(PathBuf, u64)]) -> Vec<InputE
     if listed.is_empty() {
         let bytes = std::fs::metadata(&spec.input).map(|m| m.len()).unwrap_or(0);
         return vec![InputEntry {
-            path: spec.input.display().to_string(),
+            path: report_path(&spec.input),
             bytes,
         }];
     }
     listed
         .iter()
         .map(|(p, b)| InputEntry {
-            path: p.display().to_string(),
+            path: report_path(p),
             bytes: *b,
         })
         .collect()
@@ -95,7 +121,7 @@ fn skipped(job: &BatchJob, fp: fingerprint::Fingerprint) -> JobResult {
         .inputs
         .iter()
         .map(|i| InputEntry {
-            path: i.path.clone(),
+            path: report_path(Path::new(&i.path)),
             bytes: i.bytes,
         })
         .collect();
@@ -103,7 +129,7 @@ fn skipped(job: &BatchJob, fp: fingerprint::Fingerprint) -> JobResult {
         .outputs
         .iter()
         .map(|o| OutputEntry {
-            path: fingerprint::output_path(&job.spec, o).display().to_string(),
+            path: report_path(&fingerprint::output_path(&job.spec, o)),
             bytes: o.bytes,
             sha256: o.sha256.clone(),
         })
@@ -224,7 +250,7 @@ pub(super) fn execute(
         .outputs
         .iter()
         .map(|o| OutputEntry {
-            path: o.path.display().to_string(),
+            path: report_path(&o.path),
             bytes: o.bytes,
             sha256: o.sha256.clone(),
         })

@@ -34,7 +34,7 @@ use crate::options::JobSpec;
 use crate::report::{human_bytes, JobReport, Status};
 
 pub use admission::{default_memory_budget, mem_available, peak_rss};
-pub use job::base_report;
+pub use job::{base_report, report_path};
 pub use progress::ProgressMode;
 pub use shard::{fnv1a, Shard, ShardError};
 
