@@ -576,7 +576,7 @@ fn cli_refuses_what_the_manifest_refuses() {
 #[test]
 fn report_paths_are_absolute() {
     let d = small_work(
-        "[[job]]\nname = \"a\"\ninput = \"in/a.safetensors\"\noutput = \"out/a.ckpt\"\n[[job]]\nname = \"b\"\ninput = \"./in/../in/b.safetensors\"\noutput = \"out/shards/\"\nmax_shard_size = 8\n",
+        "[[job]]\nname = \"a\"\ninput = \"in/a.safetensors\"\noutput = \"out/a.ckpt\"\n[[job]]\nname = \"b\"\ninput = \"./in/../in/a.safetensors\"\noutput = \"out/shards/\"\nmax_shard_size = 8\n[[job]]\nname = \"c\"\ninput = \"in/b.safetensors\"\noutput = \"out/c.bin\"\n",
     );
     for (k, status) in [(1, "ok"), (2, "skipped")] {
         let rep = format!("r{k}.json");
@@ -584,7 +584,7 @@ fn report_paths_are_absolute() {
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let r: Value =
             serde_json::from_str(&std::fs::read_to_string(d.path().join(&rep)).unwrap()).unwrap();
-        let mut n = 0;
+        let (mut n, mut hashed) = (0, 0);
         for j in r["jobs"].as_array().unwrap() {
             assert_eq!(j["status"], status, "{j}");
             for e in j["inputs"]
@@ -598,10 +598,17 @@ fn report_paths_are_absolute() {
                 assert!(p.exists(), "run {k}: {}", p.display());
                 assert!(!p.to_string_lossy().contains("/./"), "{}", p.display());
                 assert!(!p.to_string_lossy().contains("/../"), "{}", p.display());
+                // Output hashes (computed while writing, shards and index included) are the files' hashes.
+                if let Some(h) = e.get("sha256").and_then(Value::as_str) {
+                    let got = convert_weight::fsio::sha256_file(p).unwrap();
+                    assert_eq!(h, got, "{}", p.display());
+                    hashed += 1;
+                }
                 n += 1;
             }
         }
-        assert!(n >= 4, "run {k}: {n} paths checked");
+        assert!(n >= 6, "run {k}: {n} paths checked");
+        assert!(hashed >= 4, "run {k}: {hashed} output hashes checked");
     }
 }
 
