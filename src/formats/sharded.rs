@@ -292,10 +292,8 @@ fn short_list(names: &[&str]) -> String {
     s
 }
 
-/// Parse a size: the one size parser of [`crate::options::parse_size`] (HF units).
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    crate::options::parse_size(s).map_err(|e| e.to_string())
-}
+/// Sizes (`--max-shard-size`): the one size parser, with HF units.
+pub use crate::options::parse_size;
 
 /// One output shard.
 struct Shard {
