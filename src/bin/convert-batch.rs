@@ -126,6 +126,14 @@ fn usage(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The table on stdout; a closed stdout (`| head`) is not an error and never stops the report from being written.
+fn print_table(report: &Report) {
+    use std::io::Write;
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(report.to_table().as_bytes());
+}
+
 fn write_outputs(report: &Report, json: Option<&Path>, junit: Option<&Path>) -> bool {
     let mut ok = true;
     for (path, text) in [(json, report.to_json() + "\n"), (junit, report.to_junit())] {
@@ -174,7 +182,7 @@ fn merge(
         }
         merged = Report::new(jobs);
     }
-    print!("{}", merged.to_table());
+    print_table(&merged);
     if !write_outputs(&merged, Some(output), junit) {
         return ExitCode::from(2);
     }
@@ -269,7 +277,7 @@ fn run(a: RunArgs) -> ExitCode {
         }
     }
     let report = Report::new(results.into_iter().map(|r| r.report).collect());
-    print!("{}", report.to_table());
+    print_table(&report);
     if !write_outputs(&report, a.report.as_deref(), a.junit.as_deref()) {
         failed_io = true;
     }

@@ -224,6 +224,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 }
 
 fn main() -> ExitCode {
+    // Listings piped into `head` end quietly, as with any Unix tool (Rust ignores SIGPIPE, so `println!` would
+    // panic on the closed pipe). Outputs are never written to stdout, so nothing is left half-written.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
