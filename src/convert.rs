@@ -673,8 +673,8 @@ impl Prepared {
                 None => None,
                 Some(scope) => match scope.take(&path) {
                     Some(d) => Some(d),
-                    // A writer that rewrote bytes in place (the zip crate patches each local header of a torch
-                    // zip after its data): no streamed digest, so this one file is hashed from disk.
+                    // No streamed digest (a writer rewrote bytes in a way fsio could not follow, e.g. a zip64
+                    // entry of 4 GiB or more): this one file is hashed from disk.
                     None => Some(file_sha256(&path)?),
                 },
             };

@@ -161,11 +161,94 @@ fn file_key(path: &Path) -> Option<(u64, u64)> {
     key_of(&std::fs::metadata(path).ok()?)
 }
 
-/// SHA-256 of the bytes appended so far; broken by a write anywhere but at the end of what was hashed.
+/// Most bytes a hold may keep (a zip local header is under 100 bytes plus 64 of alignment).
+const HOLD_MAX: usize = 64 << 10;
+
+/// SHA-256 of the bytes appended so far; broken by a write anywhere but at the end of what was hashed, except the
+/// rewrites that a hold or a predicted region allows (see [`AtomicFile::hold`]).
 struct StreamHash {
     h: Sha256,
     upto: u64,
     broken: bool,
+    /// Bytes written from `upto` on but not hashed yet (a hold), and their start.
+    held: Option<Vec<u8>>,
+    /// A region hashed as predicted bytes: its start, the bytes hashed, and which of them the file does not hold
+    /// yet (they must be rewritten to exactly these values before the next hold or the commit).
+    predicted: Option<(u64, Vec<u8>, Vec<bool>)>,
+}
+
+impl StreamHash {
+    /// Account for `buf` written at `at`.
+    fn wrote(&mut self, at: u64, buf: &[u8]) {
+        if self.broken {
+            return;
+        }
+        let len = buf.len() as u64;
+        if let Some(held) = self.held.as_mut() {
+            let end = self.upto + held.len() as u64;
+            if at == end {
+                held.extend_from_slice(buf);
+                if held.len() > HOLD_MAX {
+                    self.broken = true;
+                }
+            } else if at >= self.upto && at + len <= end {
+                let o = (at - self.upto) as usize;
+                held[o..o + buf.len()].copy_from_slice(buf);
+            } else {
+                self.broken = true;
+            }
+            return;
+        }
+        if at == self.upto {
+            self.h.update(buf);
+            self.upto += len;
+            return;
+        }
+        // A rewrite of bytes hashed as predicted: it must write exactly the prediction.
+        if let Some((start, bytes, missing)) = self.predicted.as_mut() {
+            if at >= *start && at + len <= *start + bytes.len() as u64 {
+                let o = (at - *start) as usize;
+                if bytes[o..o + buf.len()] == *buf {
+                    missing[o..o + buf.len()]
+                        .iter_mut()
+                        .for_each(|m| *m = false);
+                    return;
+                }
+            }
+        }
+        self.broken = true;
+    }
+
+    /// A predicted region still waiting for its rewrite breaks the digest.
+    fn settle(&mut self) {
+        if let Some((_, _, missing)) = self.predicted.take() {
+            if missing.iter().any(|&m| m) {
+                self.broken = true;
+            }
+        }
+    }
+
+    /// Hash the held bytes, or `predicted` in their place.
+    fn release(&mut self, predicted: Option<Vec<u8>>) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        match predicted {
+            Some(p) if p.len() == held.len() => {
+                self.settle();
+                self.h.update(&p);
+                let missing = held.iter().zip(&p).map(|(a, b)| a != b).collect();
+                let start = self.upto;
+                self.upto += p.len() as u64;
+                self.predicted = Some((start, p, missing));
+            }
+            Some(_) => self.broken = true,
+            None => {
+                self.h.update(&held);
+                self.upto += held.len() as u64;
+            }
+        }
+    }
 }
 
 /// A file being written under a temporary name in its final directory; [`AtomicFile::commit`] fsyncs it, renames
@@ -176,6 +259,8 @@ pub struct AtomicFile {
     out: BufWriter<tempfile::NamedTempFile>,
     /// Logical write position (bytes handed to the buffer, seeks applied).
     pos: u64,
+    /// End of the data written so far.
+    end: u64,
     /// End of the range already handed to the kernel for writeback.
     kicked: u64,
     hash: Option<StreamHash>,
@@ -205,11 +290,14 @@ impl AtomicFile {
             path: path.to_path_buf(),
             out: BufWriter::with_capacity(8 << 20, tmp),
             pos: 0,
+            end: 0,
             kicked: 0,
             hash: hash.then(|| StreamHash {
                 h: Sha256::new(),
                 upto: 0,
                 broken: false,
+                held: None,
+                predicted: None,
             }),
         })
     }
@@ -232,14 +320,10 @@ impl AtomicFile {
     /// (advisory: the data is made durable by `commit`'s fsync either way).
     fn advance(&mut self, buf: &[u8]) {
         if let Some(h) = self.hash.as_mut() {
-            if h.broken || self.pos != h.upto {
-                h.broken = true;
-            } else {
-                h.h.update(buf);
-                h.upto += buf.len() as u64;
-            }
+            h.wrote(self.pos, buf);
         }
         self.pos += buf.len() as u64;
+        self.end = self.end.max(self.pos);
         let in_file = self.pos.saturating_sub(self.out.buffer().len() as u64);
         if in_file >= self.kicked + WRITEBACK_STEP {
             #[cfg(target_os = "linux")]
@@ -260,8 +344,45 @@ impl AtomicFile {
         }
     }
 
+    /// Whether the next write appends (the position is at the end of what was written).
+    pub fn at_end(&self) -> bool {
+        self.pos == self.end
+    }
+
+    /// Start holding: the bytes written from here on reach the file but are hashed only at
+    /// [`release`](Self::release), and may be rewritten in place until then. For a writer that patches a header
+    /// after the data that follows it (zip). No-op without hashing, or when not at the end.
+    pub fn hold(&mut self) {
+        let at_end = self.at_end();
+        if let Some(h) = self.hash.as_mut() {
+            if at_end && h.held.is_none() && h.upto == self.pos {
+                h.settle();
+                h.held = Some(Vec::new());
+            }
+        }
+    }
+
+    /// The bytes held so far (as they are in the file now).
+    pub fn held(&self) -> Option<&[u8]> {
+        self.hash.as_ref().and_then(|h| h.held.as_deref())
+    }
+
+    /// Hash the held bytes and stop holding. With `predicted` (as long as the held bytes), those bytes are hashed
+    /// instead, and every byte where they differ from the file must later be rewritten to the predicted value
+    /// (before the next hold or the commit), else the file gets no digest. A wrong prediction thus never yields a
+    /// wrong digest, only none.
+    pub fn release(&mut self, predicted: Option<Vec<u8>>) {
+        if let Some(h) = self.hash.as_mut() {
+            h.release(predicted);
+        }
+    }
+
     /// Flush, fsync, rename into place, fsync the directory.
-    pub fn commit(self) -> Result<Committed> {
+    pub fn commit(mut self) -> Result<Committed> {
+        if let Some(h) = self.hash.as_mut() {
+            h.release(None);
+            h.settle();
+        }
         let path = self.path;
         let tmp = self
             .out
@@ -276,7 +397,7 @@ impl AtomicFile {
         sync_dir(&dir_of(&path))?;
         let sha256 = self
             .hash
-            .filter(|h| !h.broken && h.upto == self.pos)
+            .filter(|h| !h.broken && h.upto == self.end)
             .map(|h| hex(&h.h.finalize()));
         if let (Some(d), Some(k)) = (&sha256, key) {
             SCOPE.with(|s| {
@@ -354,6 +475,49 @@ mod tests {
         f.seek(SeekFrom::End(0)).unwrap();
         assert_eq!(f.commit().unwrap().sha256, None);
         assert_eq!(std::fs::read(&p).unwrap(), b"1111data");
+    }
+
+    #[test]
+    fn held_and_predicted_bytes_must_match_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("h");
+        // A header patched after its data, the patch predicted right: the digest is the file's.
+        let mut f = AtomicFile::with_hashing(&p, true).unwrap();
+        f.put(b"pre").unwrap();
+        f.hold();
+        f.put(b"HDR?").unwrap();
+        f.release(Some(b"HDR!".to_vec()));
+        f.put(b"data").unwrap();
+        f.seek(SeekFrom::Start(6)).unwrap();
+        f.put(b"!").unwrap();
+        f.seek(SeekFrom::End(0)).unwrap();
+        let c = f.commit().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"preHDR!data");
+        assert_eq!(c.sha256, Some(sha256_hex(b"preHDR!data")));
+        // Predicted but never rewritten, or rewritten otherwise: no digest (never a wrong one).
+        for patch in [None, Some(&b"#"[..])] {
+            let mut f = AtomicFile::with_hashing(&p, true).unwrap();
+            f.hold();
+            f.put(b"HDR?").unwrap();
+            f.release(Some(b"HDR!".to_vec()));
+            f.put(b"data").unwrap();
+            if let Some(b) = patch {
+                f.seek(SeekFrom::Start(3)).unwrap();
+                f.put(b).unwrap();
+                f.seek(SeekFrom::End(0)).unwrap();
+            }
+            assert_eq!(f.commit().unwrap().sha256, None, "{patch:?}");
+        }
+        // Rewrites inside a hold are simply taken.
+        let mut f = AtomicFile::with_hashing(&p, true).unwrap();
+        f.hold();
+        f.put(b"ab").unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.put(b"X").unwrap();
+        f.seek(SeekFrom::End(0)).unwrap();
+        f.put(b"cd").unwrap();
+        let c = f.commit().unwrap();
+        assert_eq!(c.sha256, Some(sha256_hex(b"Xbcd")));
     }
 
     #[cfg(unix)]
