@@ -571,6 +571,11 @@ impl TensorWriter for ShardedWriter {
                 done.push(dst);
             }
         }
+        // The renames are durable once the directory is (the index commit below syncs it again).
+        if let Err(e) = crate::fsio::sync_dir(&self.dir) {
+            cleanup(&done);
+            return Err(e.into());
+        }
         if let Some((path, text)) = self.index.take() {
             let r = AtomicFile::create(&path).and_then(|mut f| {
                 f.put(text.as_bytes())?;
