@@ -1366,9 +1366,10 @@ fn batch_case(
     }
     let total: u64 = jobs.iter().map(|c| inputs[c.input].bytes).sum();
     let free = free_bytes(out_dir).unwrap_or(u64::MAX);
-    if free < total + (1 << 30) {
+    // Leave 5 GiB free: the disk is shared.
+    if free < total + (5 << 30) {
         notes.push(format!(
-            "batch: skipped, {:.1} GB free under {}, the four outputs need about {:.1} GB + 1 GiB",
+            "batch: skipped, {:.1} GB free under {}, the four outputs need about {:.1} GB + 5 GiB left free",
             free as f64 / 1e9,
             out_dir.display(),
             total as f64 / 1e9
