@@ -306,6 +306,8 @@ fn target(spec: &JobSpec) -> Result<Target, ConvertError> {
         )));
     };
     let path = out.clone();
+    // A file name with `--max-shard-size`: shards named after it beside it (`o.bin` → `o-00001-of-00002.bin` and
+    // `o.bin.index.json`; one shard is `o.bin` itself).
     if spec.max_shard_size.is_some() {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         return Ok(Target {
@@ -425,8 +427,21 @@ fn write_options(spec: &JobSpec, source: &Checkpoint) -> WriteOptions {
     WriteOptions {
         metadata: vec![("format".to_string(), names_format(spec, source).to_string())],
         max_shard_size: spec.max_shard_size,
+        shard_name: shard_name(spec),
         ..WriteOptions::default()
     }
+}
+
+/// The single-file name that the shards of a `--max-shard-size` output given as a file path are named after.
+fn shard_name(spec: &JobSpec) -> Option<String> {
+    let is_dir = spec.output.as_os_str().to_string_lossy().ends_with('/') || spec.output.is_dir();
+    if spec.max_shard_size.is_none() || is_dir {
+        return None;
+    }
+    spec.output
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
 }
 
 /// The safetensors `format` metadata of an output says whose tensor names it holds, one rule for every mode: `ms`
