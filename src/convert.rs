@@ -369,7 +369,7 @@ impl Prepared {
     fn new(spec: &JobSpec) -> Result<Prepared, ConvertError> {
         let source = formats::open_model(&spec.input)?;
         let infos = source.infos();
-        let mut warnings = Vec::new();
+        let mut warnings = source.notes.clone();
         let mut config = None;
         let plan = match &spec.model {
             Some(name) => {
@@ -492,11 +492,16 @@ impl Prepared {
         let target = target(spec)?;
         check_not_overwriting(&source, &target)?;
         let to_mindspore = spec.model.is_some() && !spec.reversed;
+        let own = [(
+            "format".to_string(),
+            if to_mindspore { "ms" } else { "pt" }.to_string(),
+        )];
+        let names: Vec<&str> = outs.iter().map(|o| o.info.name.as_str()).collect();
+        let (metadata, warn) =
+            formats::carried_metadata(target.format, &source.metadata, &own, &names);
+        warnings.extend(warn);
         let opts = WriteOptions {
-            metadata: vec![(
-                "format".to_string(),
-                if to_mindspore { "ms" } else { "pt" }.to_string(),
-            )],
+            metadata,
             max_shard_size: spec.max_shard_size,
             ..WriteOptions::default()
         };
