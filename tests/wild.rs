@@ -288,7 +288,7 @@ fn write_miniz_zip(path: &Path, entries: &[(String, Data<'_>)], zip64_end: bool)
         central.extend_from_slice(&size32.to_le_bytes());
         central.extend_from_slice(&(name.len() as u16).to_le_bytes());
         central.extend_from_slice(&(cx.len() as u16).to_le_bytes());
-        central.extend_from_slice(&[0; 8]); // comment length, disk, internal and external attributes
+        central.extend_from_slice(&[0; 10]); // comment length, disk, internal and external attributes
         central.extend_from_slice(&off32.to_le_bytes());
         central.extend_from_slice(name.as_bytes());
         central.extend_from_slice(&cx);
