@@ -318,7 +318,7 @@ pub(crate) fn read(path: &Path, opts: &ReadOptions) -> Result<Checkpoint> {
             format!("{pkl}: CRC-32 mismatch (the file is corrupt)"),
         ));
     }
-    let torchscript_msg = "a TorchScript module (torch.jit.save), not a state dict: load it in Python with torch.jit.load and torch.save its state_dict()";
+    let torchscript_msg = "a TorchScript module, not a state dict (a torch.jit.save archive): load it in Python with torch.jit.load and torch.save its state_dict()";
     let up = match unpickle(&bytes[pr.clone()], 0) {
         Ok(up) => up,
         Err(_) if torchscript => return Err(FormatError::invalid(path, torchscript_msg)),
@@ -348,6 +348,12 @@ pub(crate) fn read(path: &Path, opts: &ReadOptions) -> Result<Checkpoint> {
         opts,
     ) {
         Err(_) if torchscript => Err(FormatError::invalid(path, torchscript_msg)),
+        Ok(mut ck) if torchscript => {
+            ck.notes.push(
+                "a TorchScript archive (torch.jit.save) whose data.pkl holds a state dict: read that".into(),
+            );
+            Ok(ck)
+        }
         r => r,
     }
 }
