@@ -227,12 +227,12 @@ pub(crate) fn check_record_len(st: &StorageRef, len: usize) -> std::result::Resu
     Ok(())
 }
 
+/// Named leaves of the chosen state dict, and notes for the user.
+type Selected = (Vec<(String, Leaf)>, Vec<String>);
+
 /// Choose the state dict inside the top-level object and flatten it into named leaves; with it, notes saying
 /// which dict of a training checkpoint was read and what was left out.
-fn select(
-    up: &Unpickled,
-    opts: &ReadOptions,
-) -> std::result::Result<(Vec<(String, Leaf)>, Vec<String>), String> {
+fn select(up: &Unpickled, opts: &ReadOptions) -> std::result::Result<Selected, String> {
     let mut root = match up.node(&up.root) {
         Some(Node::Dict(_)) => up.root.clone(),
         Some(Node::Tensor(_)) => {
