@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
 use std::process::Command;
 
 use convert_weight::formats::{self, ReadOptions};
@@ -13,18 +14,16 @@ use convert_weight::tensor::Checkpoint;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+#[path = "common/fixtures.rs"]
+mod locate;
+
+/// `tests/fixtures/wild/` (through the shared locator: a missing fixture fails naming it).
 fn corpus() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wild")
+    locate::fixture("wild")
 }
 
 fn fixture(name: &str) -> PathBuf {
-    let p = corpus().join(name);
-    assert!(
-        p.is_file(),
-        "fixture {} is missing (regenerate with tools/make-wild-corpus.py)",
-        p.display()
-    );
-    p
+    locate::fixture(&format!("wild/{name}"))
 }
 
 fn hex(b: &[u8]) -> String {
