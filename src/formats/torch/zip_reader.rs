@@ -3,6 +3,7 @@
 //! points to, whose directory offset is taken as written (never guessed from the record sizes). Every record is
 //! sliced straight out of the mmap (entries must be Stored; CRCs of storages are not checked, torch may write 0).
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
@@ -41,6 +42,8 @@ pub(crate) struct Entry {
 pub(crate) struct Archive<'a> {
     bytes: &'a [u8],
     pub entries: Vec<Entry>,
+    /// Entry index by name (the first entry of a repeated name).
+    by_name: HashMap<String, usize>,
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -167,11 +170,19 @@ impl<'a> Archive<'a> {
             entries.push(e);
             p = next;
         }
-        Ok(Archive { bytes, entries })
+        let mut by_name = HashMap::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            by_name.entry(e.name.clone()).or_insert(i);
+        }
+        Ok(Archive {
+            bytes,
+            entries,
+            by_name,
+        })
     }
 
     pub(crate) fn index_for_name(&self, name: &str) -> Option<usize> {
-        self.entries.iter().position(|e| e.name == name)
+        self.by_name.get(name).copied()
     }
 
     /// The byte range of entry `i`'s data in the file. Only Stored, unencrypted entries qualify.
@@ -368,3 +379,44 @@ const METHODS: &[(u16, &str)] = &[
     (95, "XZ"),
     (99, "AES-encrypted"),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eocd(entries: u16, cd_size: u32, cd_offset: u32) -> Vec<u8> {
+        let mut e = SIG_EOCD.to_le_bytes().to_vec();
+        e.extend_from_slice(&[0; 4]);
+        e.extend_from_slice(&entries.to_le_bytes());
+        e.extend_from_slice(&entries.to_le_bytes());
+        e.extend_from_slice(&cd_size.to_le_bytes());
+        e.extend_from_slice(&cd_offset.to_le_bytes());
+        e.extend_from_slice(&[0, 0]);
+        e
+    }
+
+    fn err(b: &[u8]) -> String {
+        match Archive::parse(b) {
+            Ok(a) => panic!("parsed {} entries", a.entries.len()),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn broken_directories_are_refused_without_allocating() {
+        assert!(err(&[0; 10]).contains("too short"));
+        assert!(err(&[0; 100]).contains("no end-of-central-directory"));
+        assert!(err(&eocd(60000, 0, 0)).contains("claims 60000 entries"));
+        assert!(err(&eocd(1, 46, 1000)).contains("runs past"));
+        assert!(err(&eocd(1, 0xFFFF_FFFF, 0xFFFF_FFFF)).contains("zip64"));
+        // a zip64 locator pointing at nothing
+        let mut b = SIG_ZIP64_LOCATOR.to_le_bytes().to_vec();
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend(eocd(0, 0, 0));
+        assert!(err(&b).contains("no zip64 end record"));
+        // an empty archive is fine (and then has no data.pkl)
+        assert_eq!(Archive::parse(&eocd(0, 0, 0)).unwrap().entries.len(), 0);
+    }
+}
