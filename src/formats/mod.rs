@@ -7,6 +7,7 @@
 
 pub mod ckpt;
 mod detect;
+mod metadata;
 pub mod safetensors;
 pub mod sharded;
 pub mod torch;
@@ -150,6 +151,7 @@ pub fn map_file(path: &Path) -> Result<Arc<Mmap>> {
 }
 
 pub use detect::detect;
+pub use metadata::carried_metadata;
 
 /// Options of the readers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -198,54 +200,6 @@ pub fn open_model_with(path: &Path, opts: &ReadOptions) -> Result<Checkpoint> {
         sharded::Resolved::Index(index) => sharded::read_index(&index),
         sharded::Resolved::File(file) => open_file_with(&file, opts),
     }
-}
-
-/// What happens to a source's `__metadata__` in an output of `format`: the entries a writer should be given
-/// (`format` is the writer's own; a stale `crc_num` and keys that name an output tensor are dropped), and a
-/// warning when something cannot be carried.
-pub fn carried_metadata(
-    format: OutputFormat,
-    source: &[(String, String)],
-    own: &[(String, String)],
-    out_names: &[&str],
-) -> (Vec<(String, String)>, Option<String>) {
-    let mut out: Vec<(String, String)> = own.to_vec();
-    let extra: Vec<&(String, String)> = source
-        .iter()
-        .filter(|(k, _)| !own.iter().any(|(o, _)| o == k))
-        .collect();
-    if extra.is_empty() {
-        return (out, None);
-    }
-    if format != OutputFormat::Safetensors {
-        let keys: Vec<&str> = extra.iter().map(|(k, _)| k.as_str()).collect();
-        let target = match format {
-            OutputFormat::Ckpt => "a MindSpore .ckpt",
-            _ => "a torch file",
-        };
-        return (
-            out,
-            Some(format!(
-                "safetensors __metadata__ not carried ({target} has no place for it): {}",
-                keys.join(", ")
-            )),
-        );
-    }
-    let mut dropped = Vec::new();
-    for (k, v) in extra {
-        if k == "crc_num" || out_names.contains(&k.as_str()) {
-            dropped.push(k.as_str());
-        } else {
-            out.push((k.clone(), v.clone()));
-        }
-    }
-    let warn = (!dropped.is_empty()).then(|| {
-        format!(
-            "safetensors __metadata__ entries dropped (a checksum of the input, or a key naming a tensor, which MindSpore would read as a dtype): {}",
-            dropped.join(", ")
-        )
-    });
-    (out, warn)
 }
 
 /// Create a writer for `tensors` at `path` in `format`. With `opts.max_shard_size` (or a directory path, see
