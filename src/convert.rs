@@ -350,7 +350,10 @@ fn render(expr: &Expr, infos: &[TensorInfo]) -> String {
 
 impl Prepared {
     fn new(spec: &JobSpec) -> Result<Prepared, ConvertError> {
-        let source = formats::open_model(&spec.input)?;
+        let read = formats::ReadOptions {
+            state_dict_key: spec.state_dict_key.clone(),
+        };
+        let source = formats::open_model_with(&spec.input, &read)?;
         let infos = source.infos();
         let mut warnings = source.notes.clone();
         let mut config = None;

@@ -541,3 +541,68 @@ fn files_that_are_not_state_dicts_say_what_they_are() {
         assert!(err.contains(f), "{err}");
     }
 }
+
+#[test]
+fn state_dict_key_from_the_command_line_and_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("model_and_ema.pth");
+    let want: Value = serde_json::from_slice(
+        &std::fs::read(fixture("model_and_ema.pth.ema.tensors.json")).unwrap(),
+    )
+    .unwrap();
+    let check = |out: &Path| {
+        let ck = formats::open_file(out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            rows_of_checkpoint(&ck),
+            rows_of_sidecar(&want),
+            "{}",
+            out.display()
+        );
+    };
+    let out = dir.path().join("ema.safetensors");
+    let (code, _, err) = cw(&[
+        "--input_path",
+        src.to_str().unwrap(),
+        "--output_path",
+        out.to_str().unwrap(),
+        "--state-dict-key",
+        "ema",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("'ema' (as asked)"), "{err}");
+    check(&out);
+    // a key that is not there: one line naming the file and the keys there
+    let (code, _, err) = cw(&[
+        "--input_path",
+        src.to_str().unwrap(),
+        "--output_path",
+        dir.path().join("x.safetensors").to_str().unwrap(),
+        "--state-dict-key",
+        "nope",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.trim_end().lines().count() == 1 && err.contains("no entry 'nope'"),
+        "{err}"
+    );
+    // the manifest key
+    let manifest = dir.path().join("jobs.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[job]]\ninput = {:?}\noutput = \"batch-ema.safetensors\"\nstate_dict_key = \"ema\"\n",
+            src.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_convert-batch"))
+        .args([manifest.to_str().unwrap(), "--no-progress", "--jobs", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check(&dir.path().join("batch-ema.safetensors"));
+}
