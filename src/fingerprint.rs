@@ -53,6 +53,8 @@ pub struct SpecRecord {
     pub layers: Option<usize>,
     pub device: Option<String>,
     pub max_shard_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dict_key: Option<String>,
 }
 
 impl SpecRecord {
@@ -67,6 +69,7 @@ impl SpecRecord {
             layers: spec.layers,
             device: spec.device.clone(),
             max_shard_size: spec.max_shard_size,
+            state_dict_key: spec.state_dict_key.clone(),
         }
     }
 }

@@ -10,7 +10,7 @@
 //! input = "zoo/llama/pytorch_model.bin"   # relative paths are relative to the manifest's directory
 //! output = "out/llama.ckpt"
 //! reversed = false      # optional
-//! dtype = "fp32"        # optional; n_head, hidden_size, layers, device, max_shard_size likewise
+//! dtype = "fp32"        # optional; n_head, hidden_size, layers, device, max_shard_size, state_dict_key likewise
 //! ```
 //!
 //! Everything is checked before anything runs: unknown keys, bad values, duplicate names, two jobs writing one
@@ -84,6 +84,7 @@ struct RawJob {
     layers: Raw,
     device: Raw,
     max_shard_size: Raw,
+    state_dict_key: Raw,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -101,6 +102,7 @@ struct RawDefaults {
     layers: Raw,
     device: Raw,
     max_shard_size: Raw,
+    state_dict_key: Raw,
 }
 
 impl RawDefaults {
@@ -117,6 +119,7 @@ impl RawDefaults {
             layers: self.layers,
             device: self.device,
             max_shard_size: self.max_shard_size,
+            state_dict_key: self.state_dict_key,
         }
     }
 }
@@ -143,6 +146,7 @@ fn merge(job: RawJob, d: &RawJob) -> RawJob {
         layers: job.layers.or_else(|| d.layers.clone()),
         device: job.device.or_else(|| d.device.clone()),
         max_shard_size: job.max_shard_size.or_else(|| d.max_shard_size.clone()),
+        state_dict_key: job.state_dict_key.or_else(|| d.state_dict_key.clone()),
     }
 }
 
@@ -376,6 +380,9 @@ impl JobBuilder<'_> {
             layers: self.positive("layers", &raw.layers)?,
             device,
             max_shard_size: self.size("max_shard_size", &raw.max_shard_size)?,
+            state_dict_key: self
+                .string("state_dict_key", &raw.state_dict_key)?
+                .map(|(k, _)| k),
         };
         Ok(BatchJob { name, spec, line })
     }

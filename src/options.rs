@@ -26,6 +26,8 @@ pub struct JobSpec {
     pub device: Option<String>,
     /// Split the output into HF shards of at most this many bytes.
     pub max_shard_size: Option<u64>,
+    /// torch training checkpoints: the entry holding the model's state dict (`None`: chosen by the usual names).
+    pub state_dict_key: Option<String>,
 }
 
 /// A value of a job option that cannot be used. The messages name the value, not where it came from: the CLI and
