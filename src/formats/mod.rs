@@ -105,6 +105,10 @@ pub struct WriteOptions {
     pub slice_size: usize,
     /// HF sharding: split the output into shards of at most this many bytes (a bigger tensor gets its own shard).
     pub max_shard_size: Option<u64>,
+    /// HF sharding: the single-file name the shard names derive from (`o.bin` gives `o-0000i-of-0000n.bin` and
+    /// `o.bin.index.json`, a single shard is `o.bin`); `None`: the HF names of the format (`model.safetensors`,
+    /// `pytorch_model.bin`, `mindspore_model.ckpt`).
+    pub shard_name: Option<String>,
 }
 
 pub const CKPT_SLICE_SIZE: usize = 512 * 1024 * 1024;
@@ -116,6 +120,7 @@ impl Default for WriteOptions {
             crc: false,
             slice_size: CKPT_SLICE_SIZE,
             max_shard_size: None,
+            shard_name: None,
         }
     }
 }
