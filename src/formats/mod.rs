@@ -174,6 +174,12 @@ pub fn open_file(path: &Path) -> Result<Checkpoint> {
 /// [`open_file`] with reader options.
 pub fn open_file_with(path: &Path, opts: &ReadOptions) -> Result<Checkpoint> {
     if sharded::is_index(path) {
+        if opts.state_dict_key.is_some() {
+            return Err(FormatError::invalid(
+                path,
+                "a state dict key was given, but a sharded set holds plain state dicts",
+            ));
+        }
         return sharded::read_index(path);
     }
     let fmt = detect(path)?;
@@ -199,9 +205,15 @@ pub fn open_model(path: &Path) -> Result<Checkpoint> {
     open_model_with(path, &ReadOptions::default())
 }
 
-/// [`open_model`] with reader options (a state dict key applies to a single torch file).
+/// [`open_model`] with reader options (a state dict key applies to a single torch file, and is refused otherwise).
 pub fn open_model_with(path: &Path, opts: &ReadOptions) -> Result<Checkpoint> {
     match sharded::resolve(path)? {
+        sharded::Resolved::Index(index) if opts.state_dict_key.is_some() => {
+            Err(FormatError::invalid(
+                &index,
+                "a state dict key was given, but a sharded set holds plain state dicts",
+            ))
+        }
         sharded::Resolved::Index(index) => sharded::read_index(&index),
         sharded::Resolved::File(file) => open_file_with(&file, opts),
     }
