@@ -1071,6 +1071,7 @@ pub(crate) mod tests {
             }
             Expr::Reshape(s, shape) => (shape.clone(), eval(s, inputs).1),
             Expr::Cast(s, _) => eval(s, inputs),
+            Expr::Dequant { weight, .. } => eval(weight, inputs),
             Expr::Zeros(shape, _) => (shape.clone(), vec![None; shape.iter().product()]),
             Expr::Transpose(s) => {
                 let (sh, v) = eval(s, inputs);
