@@ -29,6 +29,19 @@ pub struct JobSpec {
     pub device: Option<String>,
     /// Split the output into HF shards of at most this many bytes.
     pub max_shard_size: Option<u64>,
+    /// MindFormers mcore `linear_fc1` layout: `Some(true)` interleaved, `Some(false)` contiguous (`--mlp-layout`).
+    pub mlp_layout: Option<bool>,
+}
+
+/// Parse `--mlp-layout`: `interleaved` (MindFormers 2.1.0) → true, `contiguous` (2.0.0) → false.
+pub fn parse_mlp_layout(s: &str) -> Result<bool, String> {
+    match s {
+        "interleaved" => Ok(true),
+        "contiguous" => Ok(false),
+        _ => Err(format!(
+            "--mlp-layout {s}: expected interleaved (MindFormers 2.1.0) or contiguous (2.0.0)"
+        )),
+    }
 }
 
 /// Errors of one job, with the whole cause chain in `Display` of the chain (see [`error_chain`]).
@@ -394,6 +407,7 @@ impl Prepared {
                     None => HyperParams::default(),
                 }
                 .with_flags(spec.n_head, spec.hidden_size, spec.layers)
+                .and_then(|hp| hp.with_mlp_layout(spec.mlp_layout))
                 .map_err(|e| match &config {
                     Some(p) => ConvertError::Config {
                         path: p.clone(),

@@ -52,6 +52,8 @@ pub struct SpecRecord {
     pub layers: Option<usize>,
     pub device: Option<String>,
     pub max_shard_size: Option<u64>,
+    #[serde(default)]
+    pub mlp_layout: Option<bool>,
 }
 
 impl SpecRecord {
@@ -66,6 +68,7 @@ impl SpecRecord {
             layers: spec.layers,
             device: spec.device.clone(),
             max_shard_size: spec.max_shard_size,
+            mlp_layout: spec.mlp_layout,
         }
     }
 }

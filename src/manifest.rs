@@ -116,6 +116,7 @@ struct RawJob {
     layers: Option<Spanned<i64>>,
     device: Option<Spanned<String>>,
     max_shard_size: Option<Spanned<SizeValue>>,
+    mlp_layout: Option<Spanned<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -133,6 +134,7 @@ struct RawDefaults {
     layers: Option<Spanned<i64>>,
     device: Option<Spanned<String>>,
     max_shard_size: Option<Spanned<SizeValue>>,
+    mlp_layout: Option<Spanned<String>>,
 }
 
 impl RawDefaults {
@@ -149,6 +151,7 @@ impl RawDefaults {
             layers: self.layers,
             device: self.device,
             max_shard_size: self.max_shard_size,
+            mlp_layout: self.mlp_layout,
         }
     }
 }
@@ -175,6 +178,7 @@ fn merge(job: RawJob, d: &RawJob) -> RawJob {
         layers: job.layers.or_else(|| d.layers.clone()),
         device: job.device.or_else(|| d.device.clone()),
         max_shard_size: job.max_shard_size.or_else(|| d.max_shard_size.clone()),
+        mlp_layout: job.mlp_layout.or_else(|| d.mlp_layout.clone()),
     }
 }
 
@@ -411,6 +415,13 @@ impl JobBuilder<'_> {
             layers: self.positive("layers", &raw.layers)?,
             device,
             max_shard_size: raw.max_shard_size.as_ref().map(|s| s.get_ref().0),
+            mlp_layout: match &raw.mlp_layout {
+                None => None,
+                Some(m) => match crate::convert::parse_mlp_layout(m.get_ref()) {
+                    Ok(v) => Some(v),
+                    Err(e) => return self.err(m.span(), e),
+                },
+            },
         };
         Ok(BatchJob { name, spec, line })
     }

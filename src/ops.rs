@@ -207,6 +207,43 @@ impl Expr {
         }
     }
 
+    /// The same expression with every `Input(i)` replaced by `f(i)`.
+    pub fn map_inputs(&self, f: &impl Fn(usize) -> Expr) -> Expr {
+        let b = |e: &Expr| Box::new(e.map_inputs(f));
+        match self {
+            Expr::Input(i) => f(*i),
+            Expr::Reshape(s, shape) => Expr::Reshape(b(s), shape.clone()),
+            Expr::Narrow {
+                src,
+                dim,
+                start,
+                len,
+            } => Expr::Narrow {
+                src: b(src),
+                dim: *dim,
+                start: *start,
+                len: *len,
+            },
+            Expr::Transpose(s) => Expr::Transpose(b(s)),
+            Expr::Concat(parts, dim) => {
+                Expr::Concat(parts.iter().map(|p| p.map_inputs(f)).collect(), *dim)
+            }
+            Expr::Cast(s, d) => Expr::Cast(b(s), *d),
+            Expr::Zeros(shape, d) => Expr::Zeros(shape.clone(), *d),
+            Expr::Dequant {
+                weight,
+                scale,
+                block,
+                to,
+            } => Expr::Dequant {
+                weight: b(weight),
+                scale: b(scale),
+                block: *block,
+                to: *to,
+            },
+        }
+    }
+
     /// Whether the result is an input's bytes unchanged (possibly reshaped): a plain byte copy.
     pub fn as_plain_input(&self) -> Option<usize> {
         match self {
@@ -294,6 +331,10 @@ pub enum Layout {
     GroupedHeads { groups: usize },
     /// The parts stacked on a new leading axis: fused `[N, …]`, part p = fused[p].
     Stack,
+    /// A gated MLP's gate and up parts in one tensor (MindFormers mcore `linear_fc1`): [`Layout::InterleaveRows`]
+    /// (MindFormers 2.1.0) or [`Layout::Concat`] along rows (2.0.0), as the model's MLP layout says. The planner
+    /// resolves it before splitting or fusing.
+    GatedMlp,
 }
 
 impl Layout {
@@ -380,6 +421,9 @@ impl Layout {
                     })
                     .collect())
             }
+            Layout::GatedMlp => Err(ShapeError(
+                "the gated-MLP layout must be resolved before splitting".into(),
+            )),
             Layout::Stack => {
                 if rows != n {
                     return Err(ShapeError(format!(
@@ -447,6 +491,11 @@ impl Layout {
                 let mut fused = vec![total];
                 fused.extend_from_slice(rest);
                 Expr::Concat(pieces, 1).reshape(fused)
+            }
+            Layout::GatedMlp => {
+                return Err(ShapeError(
+                    "the gated-MLP layout must be resolved before fusing".into(),
+                ))
             }
             Layout::Stack => {
                 same()?;

@@ -53,6 +53,9 @@ struct ModelArgs {
     /// Compute device: cpu, cuda, cuda:N or auto (CUDA when built with `--features cuda` and a GPU is present).
     #[arg(long)]
     device: Option<String>,
+    /// MindFormers 2.x gate/up (`linear_fc1`) layout: interleaved (2.1.0, default) or contiguous (2.0.0).
+    #[arg(long = "mlp-layout", alias = "mlp_layout")]
+    mlp_layout: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +111,11 @@ fn spec_from(m: &ModelArgs, input: PathBuf, output: PathBuf) -> Result<JobSpec, 
         layers: m.layers,
         device: m.device.clone(),
         max_shard_size: None,
+        mlp_layout: m
+            .mlp_layout
+            .as_deref()
+            .map(convert::parse_mlp_layout)
+            .transpose()?,
     })
 }
 
@@ -120,7 +128,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             } else {
                 format!("{} (alias {})", f.name(), f.aliases().join(", "))
             };
-            println!("{name:<28}{}", f.describe());
+            println!("{name:<36} {:<6} {}", f.generation.as_str(), f.describe());
         }
         return Ok(ExitCode::SUCCESS);
     }
