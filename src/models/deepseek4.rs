@@ -1,4 +1,4 @@
-//! `--model deepseek4` (`deepseek-v4`): DeepSeek-V4 (native names `layers.{i}.attn.*`, `ffn.*`, `hc_*`, `mtp.{k}.*`)
+//! `--model deepseek4` (`deepseek-v4`): DeepSeek-V4 (native names `layers.{i}.attn.*`, `ffn.*`, `hc_*`, `mtp.{i}.*`)
 //! ⇄ mcore names, as the reference's deepseek4 template: attention projections, compressor and indexer renamed;
 //! routed experts `ffn.experts.{e}.w1/w3` stacked into `experts.weight1`, `w2` into `weight2`; shared experts
 //! `w1 ‖ w3` → `shared_experts.linear_fc1` (MLP layout); hyper-connection scales `hc_*_scale` `[3]` split into
@@ -24,19 +24,19 @@ macro_rules! layer {
             map(concat!($h, "attn.attn_sink"), concat!($m, "self_attention.core_attention.attn_sink")),
             map(
                 concat!($h, "attn.{c:compressor|indexer.compressor}.ape"),
-                concat!($m, "self_attention.core_attention.{c}.ape"),
+                concat!($m, "self_attention.core_attention.{c:compressor|indexer.compressor}.ape"),
             ),
             map(
                 concat!($h, "attn.{c:compressor|indexer.compressor}.wkv.weight"),
-                concat!($m, "self_attention.core_attention.{c}.linear_wkv.weight"),
+                concat!($m, "self_attention.core_attention.{c:compressor|indexer.compressor}.linear_wkv.weight"),
             ),
             map(
                 concat!($h, "attn.{c:compressor|indexer.compressor}.wgate.weight"),
-                concat!($m, "self_attention.core_attention.{c}.linear_wgate.weight"),
+                concat!($m, "self_attention.core_attention.{c:compressor|indexer.compressor}.linear_wgate.weight"),
             ),
             map(
                 concat!($h, "attn.{c:compressor|indexer.compressor}.norm.weight"),
-                concat!($m, "self_attention.core_attention.{c}.norm.weight"),
+                concat!($m, "self_attention.core_attention.{c:compressor|indexer.compressor}.norm.weight"),
             ),
             map(
                 concat!($h, "attn.indexer.wq_b.weight"),
@@ -68,11 +68,11 @@ macro_rules! layer {
                 Op::GATED_MLP,
             ),
             map(concat!($h, "ffn.shared_experts.w2.weight"), concat!($m, "mlp.shared_experts.linear_fc2.weight")),
-            map(concat!($h, "hc_{x:attn|ffn}_base"), concat!($m, "{x}_hc.bias")),
-            map(concat!($h, "hc_{x:attn|ffn}_fn"), concat!($m, "{x}_hc.mapping_proj.weight")),
+            map(concat!($h, "hc_{x:attn|ffn}_base"), concat!($m, "{x:attn|ffn}_hc.bias")),
+            map(concat!($h, "hc_{x:attn|ffn}_fn"), concat!($m, "{x:attn|ffn}_hc.mapping_proj.weight")),
             split(
                 concat!($h, "hc_{x:attn|ffn}_scale"),
-                &[concat!($m, "{x}_hc.alpha_pre"), concat!($m, "{x}_hc.alpha_post"), concat!($m, "{x}_hc.alpha_res")],
+                &[concat!($m, "{x:attn|ffn}_hc.alpha_pre"), concat!($m, "{x:attn|ffn}_hc.alpha_post"), concat!($m, "{x:attn|ffn}_hc.alpha_res")],
                 Op::COPY,
             ),
         ]
@@ -80,7 +80,7 @@ macro_rules! layer {
 }
 
 const LAYERS: &[Rule] = layer!("layers.{i}.", "decoder.layers.{i}.");
-const MTP_LAYERS: &[Rule] = layer!("mtp.{k}.", "mtp.layers.{k}.transformer_layer.");
+const MTP_LAYERS: &[Rule] = layer!("mtp.{i}.", "mtp.layers.{i}.transformer_layer.");
 
 const ENDS: &[Rule] = &[
     map("embed.weight", "embedding.word_embeddings.weight"),
@@ -89,17 +89,17 @@ const ENDS: &[Rule] = &[
     map("hc_head_base", "decoder.hc_head.hc_base"),
     map("hc_head_fn", "decoder.hc_head.hc_fn.weight"),
     map("hc_head_scale", "decoder.hc_head.hc_scale"),
-    map("mtp.{k}.enorm.weight", "mtp.layers.{k}.enorm.weight"),
-    map("mtp.{k}.hnorm.weight", "mtp.layers.{k}.hnorm.weight"),
-    map("mtp.{k}.norm.weight", "mtp.layers.{k}.final_layernorm.weight"),
+    map("mtp.{i}.enorm.weight", "mtp.layers.{i}.enorm.weight"),
+    map("mtp.{i}.hnorm.weight", "mtp.layers.{i}.hnorm.weight"),
+    map("mtp.{i}.norm.weight", "mtp.layers.{i}.final_layernorm.weight"),
     fuse(
-        &["mtp.{k}.e_proj.weight", "mtp.{k}.h_proj.weight"],
-        "mtp.layers.{k}.eh_proj.weight",
+        &["mtp.{i}.e_proj.weight", "mtp.{i}.h_proj.weight"],
+        "mtp.layers.{i}.eh_proj.weight",
         Op::concat(Axis::Last),
     ),
-    map("mtp.{k}.hc_head_base", "mtp.layers.{k}.hc_head.hc_base"),
-    map("mtp.{k}.hc_head_fn", "mtp.layers.{k}.hc_head.hc_fn.weight"),
-    map("mtp.{k}.hc_head_scale", "mtp.layers.{k}.hc_head.hc_scale"),
+    map("mtp.{i}.hc_head_base", "mtp.layers.{i}.hc_head.hc_base"),
+    map("mtp.{i}.hc_head_fn", "mtp.layers.{i}.hc_head.hc_fn.weight"),
+    map("mtp.{i}.hc_head_scale", "mtp.layers.{i}.hc_head.hc_scale"),
 ];
 
 pub const FAMILY: Family = Family {

@@ -609,7 +609,12 @@ fn emit(
     let (src_e, dst_e) = (has_e(&src[0]), has_e(&dst[0]));
     let stacking = src_e != dst_e;
     let render = |p: &Pattern, caps: &Captures| p.render(caps).map_err(|e| ctx.rule_err(e));
-    let dst_name = render(&dst[0], caps)?;
+    // Named for messages; a stacked destination is named without its expert number.
+    let dst_name = if dst_e {
+        dst[0].src().to_string()
+    } else {
+        render(&dst[0], caps)?
+    };
 
     // The parts each expert (one pseudo-expert without experts) has, as expressions.
     let mut per_expert: Vec<Vec<Option<Expr>>> = Vec::new();
