@@ -23,7 +23,8 @@ use crate::tensor::{DType, TensorInfo};
 /// The rule under which an FP8 weight's block scale is dropped (it is consumed by dequantising the weight).
 pub const FP8_SCALE: &str = "fp8-block-scale (consumed by dequantising its weight to bf16)";
 /// The rule under which an MTP layer's copy of a main-model tensor is dropped.
-pub const MTP_COPY: &str = "mtp-copy (the MTP layer's copy of a main-model tensor; the reverse re-creates it)";
+pub const MTP_COPY: &str =
+    "mtp-copy (the MTP layer's copy of a main-model tensor; the reverse re-creates it)";
 
 /// Plan one direction of `family` over `inputs`: the family's rules over the decoder (and, with [`Family::mtp`],
 /// its MTP layers planned as decoder layers and renamed), FP8 weights with block scales dequantised (forward).
@@ -57,14 +58,17 @@ pub fn plan(
             rule: FP8_SCALE.to_string(),
         });
     }
-    let visible: Vec<usize> = (0..inputs.len()).filter(|j| !scale_set.contains(j)).collect();
+    let visible: Vec<usize> = (0..inputs.len())
+        .filter(|j| !scale_set.contains(j))
+        .collect();
 
     let mtp = match (family.mtp, hp.layers) {
         (Some(m), Some(l)) => Some((m, l)),
         _ => None,
     };
     let Some((m, l)) = mtp else {
-        let sub: Vec<(usize, TensorInfo)> = visible.iter().map(|&j| (j, inputs[j].clone())).collect();
+        let sub: Vec<(usize, TensorInfo)> =
+            visible.iter().map(|&j| (j, inputs[j].clone())).collect();
         let p = plan_subset(family, &sub, hp, reversed)?;
         out.items.extend(p.items);
         out.dropped.extend(p.dropped);
@@ -156,7 +160,10 @@ pub fn plan(
             let Some(rest) = item.name.strip_prefix(&from) else {
                 return Err(ModelError::Other {
                     family: family.name.to_string(),
-                    msg: format!("internal rule error: MTP output '{}' is not under {from}", item.name),
+                    msg: format!(
+                        "internal rule error: MTP output '{}' is not under {from}",
+                        item.name
+                    ),
                 });
             };
             item.name = format!("{to}{rest}");
@@ -226,20 +233,22 @@ fn dequantise(
     }
     let mut blocks: HashMap<usize, [usize; 2]> = HashMap::new();
     for (&w, &s) in scales {
-        let b = crate::fp8::block_size(&inputs[w].shape, &inputs[s].shape, hp.fp8_block).map_err(|m| {
-            ModelError::Tensor {
+        let b = crate::fp8::block_size(&inputs[w].shape, &inputs[s].shape, hp.fp8_block).map_err(
+            |m| ModelError::Tensor {
                 family: family.name.to_string(),
                 tensor: inputs[w].name.clone(),
                 msg: format!("{m} ({})", inputs[s].name),
-            }
-        })?;
+            },
+        )?;
         blocks.insert(w, b);
     }
     for item in &mut plan.items {
-        item.expr = item.expr.map_inputs(&|i| match (scales.get(&i), blocks.get(&i)) {
-            (Some(&s), Some(&b)) => Expr::input(i).dequant(Expr::input(s), b, DType::BF16),
-            _ => Expr::input(i),
-        });
+        item.expr = item
+            .expr
+            .map_inputs(&|i| match (scales.get(&i), blocks.get(&i)) {
+                (Some(&s), Some(&b)) => Expr::input(i).dequant(Expr::input(s), b, DType::BF16),
+                _ => Expr::input(i),
+            });
         item.expr.infer(inputs).map_err(|e| ModelError::Tensor {
             family: family.name.to_string(),
             tensor: item.name.clone(),
