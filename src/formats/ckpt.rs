@@ -563,8 +563,8 @@ pub fn writer(
                 path,
                 name,
                 format!(
-                    "dtype {} cannot be stored in a MindSpore .ckpt (it has no FP8 tensor_type); dequantise it \
-                     (a family's FP8 plan, or --dtype) or write .safetensors, which keeps FP8 as it is",
+                    "dtype {} cannot be stored in a MindSpore .ckpt (it has no FP8 tensor_type); dequantise it with a family \
+                     (e.g. --model deepseek3 writes bf16) or write .safetensors, which keeps FP8 as it is",
                     t.info.dtype
                 ),
             ));
