@@ -618,9 +618,8 @@ fn emit(
     let (src_e, dst_e) = (has_e(&src[0]), has_e(&dst[0]));
     let stacking = src_e != dst_e;
     let render = |p: &Pattern, caps: &Captures| p.render(caps).map_err(|e| ctx.rule_err(e));
-    // Named for messages; a stacked destination is named without its expert number.
     let dst_name = if dst_e {
-        dst[0].src().to_string()
+        render(&dst[0], &with_capture(caps, "e", "0".into()))?
     } else {
         render(&dst[0], caps)?
     };
@@ -1287,4 +1286,472 @@ fn pin(family: &Family, plan: &mut Plan, inputs: &[TensorInfo]) -> Result<(), Mo
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::rules::{fuse, map, one, split, stacked, Axis};
+
+    /// A tiny evaluator over element indices: every element is `Some((input, flat index))`, zeros are `None`.
+    type Elems = Vec<Option<(usize, usize)>>;
+
+    fn eval(expr: &Expr, inputs: &[TensorInfo]) -> (Vec<usize>, Elems) {
+        match expr {
+            Expr::Input(i) => {
+                let t = &inputs[*i];
+                (
+                    t.shape.clone(),
+                    (0..t.numel()).map(|k| Some((*i, k))).collect(),
+                )
+            }
+            Expr::Reshape(s, shape) => (shape.clone(), eval(s, inputs).1),
+            Expr::Cast(s, _) => eval(s, inputs),
+            Expr::Dequant { weight, .. } => eval(weight, inputs),
+            Expr::Zeros(shape, _) => (shape.clone(), vec![None; shape.iter().product()]),
+            Expr::Transpose(s) => {
+                let (sh, v) = eval(s, inputs);
+                let (r, c) = (sh[0], sh[1]);
+                let mut out = Vec::with_capacity(v.len());
+                for j in 0..c {
+                    for i in 0..r {
+                        out.push(v[i * c + j]);
+                    }
+                }
+                (vec![c, r], out)
+            }
+            Expr::Narrow {
+                src,
+                dim,
+                start,
+                len,
+            } => {
+                let (mut sh, v) = eval(src, inputs);
+                let outer: usize = sh[..*dim].iter().product();
+                let inner: usize = sh[dim + 1..].iter().product();
+                let n = sh[*dim];
+                let mut out = Vec::new();
+                for o in 0..outer {
+                    for d in *start..start + len {
+                        let b = (o * n + d) * inner;
+                        out.extend_from_slice(&v[b..b + inner]);
+                    }
+                }
+                sh[*dim] = *len;
+                (sh, out)
+            }
+            Expr::Concat(parts, dim) => {
+                let ev: Vec<_> = parts.iter().map(|p| eval(p, inputs)).collect();
+                let mut sh = ev[0].0.clone();
+                let outer: usize = sh[..*dim].iter().product();
+                let mut out = Vec::new();
+                for o in 0..outer {
+                    for (ps, pv) in &ev {
+                        let chunk: usize = ps[*dim..].iter().product();
+                        out.extend_from_slice(&pv[o * chunk..(o + 1) * chunk]);
+                    }
+                }
+                sh[*dim] = ev.iter().map(|(s, _)| s[*dim]).sum();
+                (sh, out)
+            }
+        }
+    }
+
+    fn t(name: &str, shape: &[usize]) -> TensorInfo {
+        TensorInfo::new(name, DType::F32, shape.to_vec())
+    }
+
+    fn item<'p>(plan: &'p Plan, name: &str) -> &'p PlanItem {
+        plan.items
+            .iter()
+            .find(|i| i.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", plan.items))
+    }
+
+    /// Forward then reverse: every input comes back bit for bit (as element indices) under its own name.
+    fn round_trip(f: &Family, inputs: &[TensorInfo], hp: &HyperParams) -> Plan {
+        let fwd = f.forward(inputs, hp).unwrap();
+        let outs: Vec<(TensorInfo, Elems)> = fwd
+            .items
+            .iter()
+            .map(|it| {
+                let (s, v) = eval(&it.expr, inputs);
+                (t(&it.name, &s), v)
+            })
+            .collect();
+        let infos: Vec<TensorInfo> = outs.iter().map(|(i, _)| i.clone()).collect();
+        let rev = f.reverse(&infos, hp).unwrap();
+        assert_eq!(rev.items.len(), inputs.len(), "{:?}", rev.items);
+        for it in &rev.items {
+            let (s, v) = eval(&it.expr, &infos);
+            // map back through the forward outputs to input element indices
+            let back: Elems = v
+                .iter()
+                .map(|x| x.and_then(|(o, k)| outs[o].1[k]))
+                .collect();
+            let j = inputs.iter().position(|x| x.name == it.name).unwrap();
+            assert_eq!(s, inputs[j].shape, "{}", it.name);
+            let want: Elems = (0..inputs[j].numel()).map(|k| Some((j, k))).collect();
+            assert_eq!(back, want, "round trip of {}", it.name);
+        }
+        fwd
+    }
+
+    fn hp(nh: usize, nkv: Option<usize>, hd: Option<usize>) -> HyperParams {
+        HyperParams {
+            n_head: Some(nh),
+            n_kv_head: nkv,
+            head_dim: hd,
+            ..Default::default()
+        }
+    }
+
+    const QKV: Family = Family {
+        name: "t-qkv",
+        rules: &[&[fuse(
+            &["l.{i}.q.{s}", "l.{i}.k.{s}", "l.{i}.v.{s}"],
+            "l.{i}.qkv.{s}",
+            Op::GROUPED_HEADS,
+        )]],
+        ..Family::BASE
+    };
+
+    #[test]
+    fn grouped_heads_follow_the_mcore_layout() {
+        // n_head 4, 2 KV groups, head_dim 3, 5 columns: per group, its 2 q heads, then its k head, then its v head
+        let (nh, g, hd, cols) = (4usize, 2usize, 3usize, 5usize);
+        let inputs = vec![
+            t("l.0.q.weight", &[nh * hd, cols]),
+            t("l.0.k.weight", &[g * hd, cols]),
+            t("l.0.v.weight", &[g * hd, cols]),
+            t("l.0.q.bias", &[nh * hd]),
+            t("l.0.k.bias", &[g * hd]),
+            t("l.0.v.bias", &[g * hd]),
+        ];
+        for h in [hp(nh, Some(g), None), hp(nh, Some(g), Some(hd))] {
+            let fwd = round_trip(&QKV, &inputs, &h);
+            let (sh, v) = eval(&item(&fwd, "l.0.qkv.weight").expr, &inputs);
+            assert_eq!(sh, vec![(nh + 2 * g) * hd, cols]);
+            let qpg = nh / g;
+            for grp in 0..g {
+                let base = grp * (qpg + 2) * hd;
+                for r in 0..qpg * hd {
+                    assert_eq!(v[(base + r) * cols], Some((0, (grp * qpg * hd + r) * cols)));
+                }
+                for r in 0..hd {
+                    assert_eq!(
+                        v[(base + qpg * hd + r) * cols],
+                        Some((1, (grp * hd + r) * cols))
+                    );
+                    assert_eq!(
+                        v[(base + (qpg + 1) * hd + r) * cols],
+                        Some((2, (grp * hd + r) * cols))
+                    );
+                }
+            }
+        }
+        // wrong or missing hyper-parameters
+        assert!(QKV.forward(&inputs, &hp(nh, Some(3), None)).is_err());
+        assert!(QKV.forward(&inputs, &hp(nh, Some(g), Some(2))).is_err());
+        assert!(matches!(
+            QKV.forward(&inputs, &HyperParams::default()),
+            Err(ModelError::Hyper { .. })
+        ));
+        // a missing part is named
+        let e = QKV
+            .forward(&inputs[..2], &hp(nh, Some(g), None))
+            .unwrap_err();
+        assert!(e.to_string().contains("l.0.v.weight"), "{e}");
+    }
+
+    const BLOOMISH: Family = Family {
+        name: "t-bloom",
+        rules: &[&[split(
+            "h.{i}.qkv.{s}",
+            &["b.{i}.d1.{s}", "b.{i}.d2.{s}", "b.{i}.d3.{s}"],
+            Op::GROUPED_HEADS,
+        )]],
+        ..Family::BASE
+    };
+
+    #[test]
+    fn grouped_heads_with_one_group_per_head_is_blooms_layout() {
+        let (nh, hd, cols) = (2usize, 3usize, 5usize);
+        let h = nh * hd;
+        let inputs = vec![
+            t("h.0.qkv.weight", &[3 * h, cols]),
+            t("h.0.qkv.bias", &[3 * h]),
+        ];
+        let hparams = HyperParams {
+            hidden_size: Some(h),
+            ..hp(nh, None, None)
+        };
+        let fwd = round_trip(&BLOOMISH, &inputs, &hparams);
+        for (kind, name) in ["b.0.d1.weight", "b.0.d2.weight", "b.0.d3.weight"]
+            .iter()
+            .enumerate()
+        {
+            let (_, v) = eval(&item(&fwd, name).expr, &inputs);
+            for head in 0..nh {
+                for r in 0..hd {
+                    for c in 0..cols {
+                        let fused_row = head * 3 * hd + kind * hd + r;
+                        assert_eq!(
+                            v[(head * hd + r) * cols + c],
+                            Some((0, fused_row * cols + c))
+                        );
+                    }
+                }
+            }
+        }
+        let bad = HyperParams {
+            hidden_size: Some(h + 1),
+            ..hp(nh, None, None)
+        };
+        assert!(BLOOMISH.forward(&inputs, &bad).is_err());
+        assert!(BLOOMISH.forward(&inputs, &hp(5, None, None)).is_err());
+    }
+
+    const GATE_UP: Family = Family {
+        name: "t-fc1",
+        rules: &[&[fuse(
+            &["l.{i}.gate.weight", "l.{i}.up.weight"],
+            "l.{i}.fc1.weight",
+            Op::INTERLEAVE_ROWS,
+        )]],
+        ..Family::BASE
+    };
+
+    #[test]
+    fn interleaved_rows_alternate_gate_and_up() {
+        let (r, c) = (4usize, 3usize);
+        let inputs = vec![t("l.0.gate.weight", &[r, c]), t("l.0.up.weight", &[r, c])];
+        let fwd = round_trip(&GATE_UP, &inputs, &HyperParams::default());
+        let (sh, v) = eval(&item(&fwd, "l.0.fc1.weight").expr, &inputs);
+        assert_eq!(sh, vec![2 * r, c]);
+        for row in 0..r {
+            for col in 0..c {
+                assert_eq!(v[(2 * row) * c + col], Some((0, row * c + col)));
+                assert_eq!(v[(2 * row + 1) * c + col], Some((1, row * c + col)));
+            }
+        }
+        let uneven = vec![
+            t("l.0.gate.weight", &[r, c]),
+            t("l.0.up.weight", &[r + 1, c]),
+        ];
+        assert!(GATE_UP.forward(&uneven, &HyperParams::default()).is_err());
+    }
+
+    const EXPERTS: Family = Family {
+        name: "t-moe",
+        rules: &[&[
+            stacked(
+                &[
+                    "l.{i}.experts.{e}.gate.weight",
+                    "l.{i}.experts.{e}.up.weight",
+                ],
+                "l.{i}.experts.weight1",
+                Op::concat(Axis::Last).transposed(),
+                Experts::Flat,
+            ),
+            stacked(
+                &["l.{i}.experts.{e}.down.weight"],
+                "l.{i}.experts.weight2",
+                Op::TRANSPOSE,
+                Experts::Flat,
+            ),
+            one("l.{i}.router.{e}.w", "l.{i}.router.w", Op::COPY),
+            map("l.{i}.norm", "l.{i}.norm"),
+        ]],
+        ..Family::BASE
+    };
+
+    #[test]
+    fn experts_stack_flat_like_mindformers_grouped_gemm() {
+        let (n, hidden, ffn) = (3usize, 4usize, 2usize);
+        let mut inputs = Vec::new();
+        for e in 0..n {
+            inputs.push(t(&format!("l.0.experts.{e}.gate.weight"), &[ffn, hidden]));
+            inputs.push(t(&format!("l.0.experts.{e}.up.weight"), &[ffn, hidden]));
+            inputs.push(t(&format!("l.0.experts.{e}.down.weight"), &[hidden, ffn]));
+            inputs.push(t(&format!("l.0.router.{e}.w"), &[hidden]));
+        }
+        inputs.push(t("l.0.norm", &[hidden]));
+        let h = HyperParams {
+            n_experts: Some(n),
+            ..Default::default()
+        };
+        let fwd = round_trip(&EXPERTS, &inputs, &h);
+        let idx = |name: &str| inputs.iter().position(|x| x.name == name).unwrap();
+        // weight1 as (E, hidden, 2·ffn): [e, h, f] = gate_e[f, h], [e, h, ffn + f] = up_e[f, h]
+        let (sh, v) = eval(&item(&fwd, "l.0.experts.weight1").expr, &inputs);
+        assert_eq!(sh, vec![n * hidden, 2 * ffn]);
+        for e in 0..n {
+            let (g, u) = (
+                idx(&format!("l.0.experts.{e}.gate.weight")),
+                idx(&format!("l.0.experts.{e}.up.weight")),
+            );
+            for hh in 0..hidden {
+                for f in 0..ffn {
+                    let row = (e * hidden + hh) * 2 * ffn;
+                    assert_eq!(v[row + f], Some((g, f * hidden + hh)));
+                    assert_eq!(v[row + ffn + f], Some((u, f * hidden + hh)));
+                }
+            }
+        }
+        // weight2 as (E, ffn, hidden): [e, f, h] = down_e[h, f]
+        let (sh, v) = eval(&item(&fwd, "l.0.experts.weight2").expr, &inputs);
+        assert_eq!(sh, vec![n * ffn, hidden]);
+        let d1 = idx("l.0.experts.1.down.weight");
+        assert_eq!(v[(ffn + 1) * hidden + 2], Some((d1, 2 * ffn + 1)));
+        // stacked (not flat) on a new axis
+        let (sh, _) = eval(&item(&fwd, "l.0.router.w").expr, &inputs);
+        assert_eq!(sh, vec![n, hidden]);
+        // a missing expert, a wrong count, an unknown count (flat reverse needs it)
+        let gap: Vec<TensorInfo> = inputs
+            .iter()
+            .filter(|x| !x.name.starts_with("l.0.experts.1.up"))
+            .cloned()
+            .collect();
+        let e = EXPERTS.forward(&gap, &h).unwrap_err().to_string();
+        assert!(e.contains("l.0.experts.1.up.weight"), "{e}");
+        let four = HyperParams {
+            n_experts: Some(4),
+            ..Default::default()
+        };
+        assert!(EXPERTS.forward(&inputs, &four).is_err());
+        let outs: Vec<TensorInfo> = fwd
+            .items
+            .iter()
+            .map(|it| {
+                let (d, s) = it.expr.infer(&inputs).unwrap();
+                TensorInfo::new(it.name.clone(), d, s)
+            })
+            .collect();
+        assert!(matches!(
+            EXPERTS.reverse(&outs, &HyperParams::default()),
+            Err(ModelError::Hyper { .. })
+        ));
+    }
+
+    #[test]
+    fn moe_layer_pattern_is_checked() {
+        let mut inputs = Vec::new();
+        for l in 0..3 {
+            inputs.push(t(&format!("l.{l}.norm"), &[2]));
+        }
+        for l in [1, 2] {
+            for e in 0..2 {
+                inputs.push(t(&format!("l.{l}.router.{e}.w"), &[2]));
+            }
+        }
+        let mut h = HyperParams {
+            n_experts: Some(2),
+            first_k_dense: Some(1),
+            ..Default::default()
+        };
+        assert!(EXPERTS.forward(&inputs, &h).is_ok());
+        h.first_k_dense = Some(2);
+        let e = EXPERTS.forward(&inputs, &h).unwrap_err().to_string();
+        assert!(e.contains("MoE layer pattern"), "{e}");
+    }
+
+    const ZEROS: Family = Family {
+        name: "t-zeros",
+        rules: &[&[split(
+            "a.q_bias",
+            &["b.d1.bias", "b.d2.bias"],
+            Op::WITH_ZEROS,
+        )]],
+        ..Family::BASE
+    };
+
+    #[test]
+    fn zeros_are_written_forward_and_dropped_back() {
+        let inputs = vec![t("a.q_bias", &[4])];
+        let fwd = ZEROS.forward(&inputs, &HyperParams::default()).unwrap();
+        assert_eq!(
+            item(&fwd, "b.d2.bias").expr,
+            Expr::Zeros(vec![4], DType::F32)
+        );
+        let outs = vec![t("b.d1.bias", &[4]), t("b.d2.bias", &[4])];
+        let rev = ZEROS.reverse(&outs, &HyperParams::default()).unwrap();
+        assert_eq!(rev.items, vec![PlanItem::new("a.q_bias", Expr::input(0))]);
+        assert_eq!(rev.dropped[0].rule, SYNTHESISED_ZEROS);
+    }
+
+    #[test]
+    fn qkv_sizes_take_q_from_hidden_and_share_the_rest() {
+        const F: Family = Family {
+            name: "t-mqa",
+            rules: &[&[split(
+                "c.{s}",
+                &["d1.{s}", "d2.{s}", "d3.{s}"],
+                Op::concat(Axis::First).sized(Sizes::Qkv),
+            )]],
+            ..Family::BASE
+        };
+        let inputs = vec![t("c.weight", &[12, 8]), t("c.bias", &[12])];
+        // nothing known: hidden from the weight's columns
+        let fwd = round_trip(&F, &inputs, &HyperParams::default());
+        assert_eq!(item(&fwd, "d2.bias").expr, Expr::input(1).narrow(0, 8, 2));
+        let kv = HyperParams {
+            n_head: Some(4),
+            n_kv_head: Some(2),
+            ..Default::default()
+        };
+        let e = F.forward(&inputs, &kv).unwrap_err().to_string();
+        assert!(e.contains("n_kv_head"), "{e}");
+    }
+
+    #[test]
+    fn malformed_tables_are_rejected() {
+        const BAD: &[&[Rule]] = &[
+            &[map("a.{i}.w", "b.w")],
+            &[map("a.w", "b.{i}.w")],
+            &[map("a.{s}", "b.{s:weight|bias|x}")],
+            &[map("a.{bad}", "b")],
+            &[Rule::Map {
+                hf: crate::models::rules::Names::Many(&["a", "b"]),
+                ms: crate::models::rules::Names::Many(&["c", "d"]),
+                op: Op::COPY,
+                experts: Experts::Stacked,
+            }],
+            &[fuse(&["a.{e}.w", "b.w"], "c.w", Op::COPY)],
+            &[one("a.w", "b.w", Op::WITH_ZEROS)],
+        ];
+        for rules in BAD {
+            let f = Family {
+                name: "t",
+                rules: std::slice::from_ref(rules),
+                ..Family::BASE
+            };
+            assert!(compile(&f, false).is_err(), "{rules:?}");
+        }
+        const OK: &[Rule] = &[map("{p:|x.}a.{i}.{s}", "b.{i}.{s}")];
+        let f = Family {
+            name: "t",
+            rules: &[OK],
+            ..Family::BASE
+        };
+        assert!(compile(&f, true).is_ok());
+    }
+
+    #[test]
+    fn check_layers_wants_all_layers_and_agreement() {
+        let seen: BTreeSet<usize> = [0, 1, 2].into_iter().collect();
+        assert!(check_layers("t", &HyperParams::default(), &seen).is_ok());
+        let mut h = HyperParams {
+            layers: Some(3),
+            ..Default::default()
+        };
+        assert!(check_layers("t", &h, &seen).is_ok());
+        h.layers = Some(2);
+        assert!(matches!(
+            check_layers("t", &h, &seen),
+            Err(ModelError::Hyper { .. })
+        ));
+        let gap: BTreeSet<usize> = [0, 2].into_iter().collect();
+        assert!(check_layers("t", &HyperParams::default(), &gap).is_err());
+    }
 }
