@@ -392,3 +392,36 @@ fn sha256_hex(b: &[u8]) -> String {
         .map(|x| format!("{x:02x}"))
         .collect()
 }
+
+#[test]
+fn fp8_is_kept_without_a_family_and_refused_by_ckpt() {
+    // A format conversion keeps FP8 tensors (and their scales) byte for byte where the target holds them.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for v in variants() {
+        if !is_fp8_variant(&v) {
+            continue;
+        }
+        let input = v.dir.join("hf/model.safetensors");
+        let o = tmp.path().join(format!("{}.safetensors", v.name));
+        convert(&["--input_path", s(&input), "--output_path", s(&o)]);
+        let got = sorted(inspect(&o));
+        assert_same(
+            &got,
+            &sorted(sidecar(&input)),
+            &format!("{}: FP8 kept", v.name),
+        );
+        assert!(got.iter().any(|t| t.dtype.starts_with("F8_")));
+        let c = tmp.path().join(format!("{}.ckpt", v.name));
+        let out = cw(&["--input_path", s(&input), "--output_path", s(&c)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("F8_E4M3") && err.contains(".ckpt"),
+            "{err}"
+        );
+        assert!(!c.exists(), "no half-written ckpt");
+        n += 1;
+    }
+    println!("FP8 inputs kept as they are: {n}");
+    assert!(n > 0);
+}
