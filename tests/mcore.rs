@@ -425,3 +425,107 @@ fn fp8_is_kept_without_a_family_and_refused_by_ckpt() {
     println!("FP8 inputs kept as they are: {n}");
     assert!(n > 0);
 }
+
+/// A variant's HF model copied into `dir` with its config.json edited by `edit`.
+fn edited_copy(family: &str, variant: &str, dir: &Path, edit: impl Fn(&mut Value)) -> PathBuf {
+    let src = root().join(family).join(variant).join("hf");
+    std::fs::create_dir_all(dir).unwrap();
+    let mut cfg = read_json(&src.join("config.json"));
+    edit(&mut cfg);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let m = dir.join("model.safetensors");
+    std::fs::copy(src.join("model.safetensors"), &m).unwrap();
+    m
+}
+
+fn fails_with(args: &[&str], words: &[&str]) {
+    let out = cw(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    for w in words {
+        assert!(err.contains(w), "{args:?}: '{w}' not in: {err}");
+    }
+}
+
+#[test]
+fn contradictions_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = tmp.path().join("o.safetensors");
+    // the flag contradicts config.json's MLP layout
+    let m = edited_copy("qwen3", "bf16", &tmp.path().join("a"), |c| {
+        c["use_interleaved_weight_layout_mlp"] = Value::Bool(false)
+    });
+    fails_with(
+        &[
+            "--model",
+            "qwen3",
+            "--input_path",
+            s(&m),
+            "--output_path",
+            s(&o),
+            "--mlp-layout",
+            "interleaved",
+        ],
+        &["config.json", "mlp-layout", "contiguous"],
+    );
+    // ... and config.json alone picks the contiguous layout
+    convert(&[
+        "--model",
+        "qwen3",
+        "--input_path",
+        s(&m),
+        "--output_path",
+        s(&o),
+    ]);
+    let f = root().join("qwen3/bf16/ms/expected_contiguous.safetensors");
+    assert_same(
+        &sorted(inspect(&o)),
+        &sorted(sidecar(&f)),
+        "layout from config.json",
+    );
+    // experts where config.json says the layer is dense (mlp_only_layers)
+    let m = edited_copy("qwen3_moe", "bf16", &tmp.path().join("b"), |c| {
+        c["mlp_only_layers"] = serde_json::json!([0, 1])
+    });
+    fails_with(
+        &[
+            "--model",
+            "qwen3-moe",
+            "--input_path",
+            s(&m),
+            "--output_path",
+            s(&o),
+        ],
+        &["qwen3_moe", "experts"],
+    );
+    // an expert count that contradicts config.json
+    let m = edited_copy("glm4_moe", "bf16", &tmp.path().join("c"), |c| {
+        c["n_routed_experts"] = 8.into()
+    });
+    fails_with(
+        &[
+            "--model",
+            "glm4_moe",
+            "--input_path",
+            s(&m),
+            "--output_path",
+            s(&o),
+        ],
+        &["n_experts is 8"],
+    );
+    // an MTP layer past num_nextn_predict_layers
+    let m = edited_copy("deepseek3", "bf16_mtp", &tmp.path().join("d"), |c| {
+        c["num_nextn_predict_layers"] = 0.into()
+    });
+    fails_with(
+        &[
+            "--model",
+            "deepseek3",
+            "--input_path",
+            s(&m),
+            "--output_path",
+            s(&o),
+        ],
+        &["model.layers.2.", "MTP"],
+    );
+}
