@@ -155,6 +155,30 @@ impl Compute {
                         overflowed,
                     });
                 }
+                // A concatenation along the leading dimension (stacked experts, fused q/k/v) is its parts' bytes
+                // one after another: evaluate and append one part at a time, so that only the result and one part
+                // are ever held (not every part and the result).
+                if let Expr::Concat(parts, 0) = expr {
+                    if parts.len() > 1 {
+                        let (dtype, shape) = shape_of(expr, inputs)?;
+                        let total = shape.iter().product::<usize>() * dtype.size();
+                        out.clear();
+                        out.reserve_exact(total);
+                        let mut scratch = Vec::new();
+                        for p in parts {
+                            let e = self.eval_reusing(p, inputs, std::mem::take(&mut scratch))?;
+                            overflowed += e.overflowed;
+                            out.extend_from_slice(&e.bytes);
+                            if let Cow::Owned(v) = e.bytes {
+                                scratch = v;
+                            }
+                        }
+                        return Ok(Evaluated {
+                            bytes: Cow::Owned(out),
+                            overflowed,
+                        });
+                    }
+                }
             }
         }
         let (t, dtype) = self.tensor(expr, inputs, &mut overflowed)?;
