@@ -10,7 +10,7 @@
 //! input = "zoo/llama/pytorch_model.bin"   # relative paths are relative to the manifest's directory
 //! output = "out/llama.ckpt"
 //! reversed = false      # optional
-//! dtype = "fp32"        # optional; n_head, hidden_size, layers, device, max_shard_size likewise
+//! dtype = "fp32"        # optional; n_head, hidden_size, layers, device, max_shard_size, state_dict_key likewise
 //! ```
 //!
 //! Everything is checked before anything runs: unknown keys, bad values, duplicate names, two jobs writing one
@@ -85,6 +85,7 @@ struct RawJob {
     device: Raw,
     max_shard_size: Raw,
     mlp_layout: Raw,
+    state_dict_key: Raw,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -103,6 +104,7 @@ struct RawDefaults {
     device: Raw,
     max_shard_size: Raw,
     mlp_layout: Raw,
+    state_dict_key: Raw,
 }
 
 impl RawDefaults {
@@ -120,6 +122,7 @@ impl RawDefaults {
             device: self.device,
             max_shard_size: self.max_shard_size,
             mlp_layout: self.mlp_layout,
+            state_dict_key: self.state_dict_key,
         }
     }
 }
@@ -147,6 +150,7 @@ fn merge(job: RawJob, d: &RawJob) -> RawJob {
         device: job.device.or_else(|| d.device.clone()),
         max_shard_size: job.max_shard_size.or_else(|| d.max_shard_size.clone()),
         mlp_layout: job.mlp_layout.or_else(|| d.mlp_layout.clone()),
+        state_dict_key: job.state_dict_key.or_else(|| d.state_dict_key.clone()),
     }
 }
 
@@ -388,6 +392,9 @@ impl JobBuilder<'_> {
             device,
             max_shard_size: self.size("max_shard_size", &raw.max_shard_size)?,
             mlp_layout,
+            state_dict_key: self
+                .string("state_dict_key", &raw.state_dict_key)?
+                .map(|(k, _)| k),
         };
         Ok(BatchJob { name, spec, line })
     }

@@ -28,6 +28,8 @@ pub struct JobSpec {
     pub max_shard_size: Option<u64>,
     /// MindFormers mcore `linear_fc1` layout: `Some(true)` interleaved, `Some(false)` contiguous (`--mlp-layout`).
     pub mlp_layout: Option<bool>,
+    /// torch training checkpoints: the entry holding the model's state dict (`None`: chosen by the usual names).
+    pub state_dict_key: Option<String>,
 }
 
 /// A value of a job option that cannot be used. The messages name the value, not where it came from: the CLI and

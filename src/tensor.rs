@@ -371,6 +371,8 @@ pub struct Checkpoint {
     pub files: Vec<PathBuf>,
     /// Format metadata (safetensors `__metadata__`), if any.
     pub metadata: Vec<(String, String)>,
+    /// Reader notes for the user: which dict of a training checkpoint was read and what was left out.
+    pub notes: Vec<String>,
 }
 
 impl Checkpoint {

@@ -94,6 +94,10 @@ struct ConvertArgs {
     /// a lower-case final b means bits (HF: 5Gb = 625 MB), bare digits are bytes.
     #[arg(long = "max-shard-size", alias = "max_shard_size", value_parser = options::parse_size)]
     max_shard_size: Option<u64>,
+    /// torch training checkpoints: read the state dict under this key (`ema`, or nested as `outer/inner`) instead
+    /// of the one chosen by its usual name (`state_dict`, `model_state_dict`, `model`...).
+    #[arg(long = "state-dict-key", alias = "state_dict_key")]
+    state_dict_key: Option<String>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -145,6 +149,7 @@ fn spec_from(
         device: t.device.clone(),
         max_shard_size: None,
         mlp_layout: t.mlp_layout,
+        state_dict_key: None,
     }
 }
 
@@ -197,6 +202,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 output,
             );
             spec.max_shard_size = c.max_shard_size;
+            spec.state_dict_key = c.state_dict_key;
             if cli.dry_run {
                 let plan = convert::plan(&spec).map_err(chain)?;
                 for line in &plan.lines {

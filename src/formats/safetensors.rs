@@ -295,6 +295,7 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         others: Vec::new(),
         files: vec![path.to_path_buf()],
         metadata: header.metadata,
+        notes: Vec::new(),
     })
 }
 

@@ -438,7 +438,26 @@ fn container_problems_are_clear() {
             ("m/data/0", &data),
         ],
     );
-    assert!(err_of(read_zip(&p)).contains("TorchScript"));
+    // ... whose data.pkl holds a state dict: read through it, with a note
+    let ck = read_zip(&p).unwrap();
+    assert_eq!(ck.tensors.len(), 1);
+    assert!(ck.notes.join("").contains("TorchScript"), "{:?}", ck.notes);
+    // ... whose data.pkl holds a scripted module: refused as a TorchScript module
+    let mut e = Emitter::default();
+    e.proto2();
+    e.global("__torch__", "Net");
+    e.op(b')');
+    e.op(0x81);
+    e.op(b'.');
+    let p = zip_file(
+        dir.path(),
+        "ts2.pt",
+        &[
+            ("m/data.pkl", &e.buf),
+            ("m/code/__torch__.py", b"class Net"),
+        ],
+    );
+    assert!(err_of(read_zip(&p)).contains("TorchScript module, not a state dict"));
     // big-endian
     let p = zip_file(
         dir.path(),
