@@ -367,6 +367,7 @@ fn open(spec: &JobSpec) -> Result<Opened, ConvertError> {
     };
     let hp = hp
         .with_flags(spec.n_head, spec.hidden_size, spec.layers)
+        .and_then(|hp| hp.with_mlp_layout(spec.mlp_layout))
         .map_err(|e| config_error(&config, e))?;
     Ok(Opened {
         source,

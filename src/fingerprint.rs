@@ -54,6 +54,8 @@ pub struct SpecRecord {
     pub device: Option<String>,
     pub max_shard_size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_layout: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dict_key: Option<String>,
 }
 
@@ -69,6 +71,7 @@ impl SpecRecord {
             layers: spec.layers,
             device: spec.device.clone(),
             max_shard_size: spec.max_shard_size,
+            mlp_layout: spec.mlp_layout,
             state_dict_key: spec.state_dict_key.clone(),
         }
     }

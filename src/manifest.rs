@@ -84,6 +84,7 @@ struct RawJob {
     layers: Raw,
     device: Raw,
     max_shard_size: Raw,
+    mlp_layout: Raw,
     state_dict_key: Raw,
 }
 
@@ -102,6 +103,7 @@ struct RawDefaults {
     layers: Raw,
     device: Raw,
     max_shard_size: Raw,
+    mlp_layout: Raw,
     state_dict_key: Raw,
 }
 
@@ -119,6 +121,7 @@ impl RawDefaults {
             layers: self.layers,
             device: self.device,
             max_shard_size: self.max_shard_size,
+            mlp_layout: self.mlp_layout,
             state_dict_key: self.state_dict_key,
         }
     }
@@ -146,6 +149,7 @@ fn merge(job: RawJob, d: &RawJob) -> RawJob {
         layers: job.layers.or_else(|| d.layers.clone()),
         device: job.device.or_else(|| d.device.clone()),
         max_shard_size: job.max_shard_size.or_else(|| d.max_shard_size.clone()),
+        mlp_layout: job.mlp_layout.or_else(|| d.mlp_layout.clone()),
         state_dict_key: job.state_dict_key.or_else(|| d.state_dict_key.clone()),
     }
 }
@@ -369,6 +373,13 @@ impl JobBuilder<'_> {
                 Err(e) => return self.err(span, e.to_string()),
             },
         };
+        let mlp_layout = match self.string("mlp_layout", &raw.mlp_layout)? {
+            None => None,
+            Some((m, span)) => match options::parse_mlp_layout(&m) {
+                Ok(v) => Some(v),
+                Err(e) => return self.err(span, e.to_string()),
+            },
+        };
         let spec = JobSpec {
             model,
             input: resolve(self.base, &input),
@@ -380,6 +391,7 @@ impl JobBuilder<'_> {
             layers: self.positive("layers", &raw.layers)?,
             device,
             max_shard_size: self.size("max_shard_size", &raw.max_shard_size)?,
+            mlp_layout,
             state_dict_key: self
                 .string("state_dict_key", &raw.state_dict_key)?
                 .map(|(k, _)| k),

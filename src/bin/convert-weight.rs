@@ -50,6 +50,9 @@ struct TuneArgs {
     /// Compute device: cpu, cuda, cuda:N or auto (CUDA when built with `--features cuda` and a GPU is present).
     #[arg(long, value_parser = options::parse_device)]
     device: Option<String>,
+    /// MindFormers 2.x gate/up (`linear_fc1`) layout: interleaved (2.1.0, the default) or contiguous (2.0.0).
+    #[arg(long = "mlp-layout", alias = "mlp_layout", value_parser = options::parse_mlp_layout)]
+    mlp_layout: Option<bool>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -145,6 +148,7 @@ fn spec_from(
         layers: t.layers,
         device: t.device.clone(),
         max_shard_size: None,
+        mlp_layout: t.mlp_layout,
         state_dict_key: None,
     }
 }
@@ -158,7 +162,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             } else {
                 format!("{} (alias {})", f.name(), f.aliases().join(", "))
             };
-            println!("{name:<28}{}", f.describe());
+            println!("{name:<36} {:<6} {}", f.generation.as_str(), f.describe());
         }
         return Ok(ExitCode::SUCCESS);
     }

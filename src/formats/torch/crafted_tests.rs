@@ -245,6 +245,20 @@ fn v3_untyped_storages_and_unsupported_dtypes() {
     let ck = read_zip(&p).unwrap();
     assert_eq!(ck.tensors[0].info.dtype, DType::U16);
     assert_eq!(ck.tensors[0].info.shape, [4]);
+    // FP8 e4m3fn/e5m2/e8m0fnu read (raw bytes); the fnuz variants do not.
+    for (name, d) in [
+        ("float8_e4m3fn", DType::F8E4M3),
+        ("float8_e5m2", DType::F8E5M2),
+        ("float8_e8m0fnu", DType::F8E8M0),
+    ] {
+        let f = v3(name);
+        let p = torch_zip(dir.path(), &dict_of(&[("f", &f)]), &[("0", vec![7; 8])]);
+        let ck = read_zip(&p).unwrap();
+        assert_eq!(
+            (ck.tensors[0].info.dtype, &ck.tensors[0].info.shape[..]),
+            (d, &[4][..])
+        );
+    }
     let f8 = |e: &mut Emitter| {
         e.global("torch._utils", "_rebuild_tensor_v3");
         e.mark();
@@ -256,7 +270,7 @@ fn v3_untyped_storages_and_unsupported_dtypes() {
         e.global("collections", "OrderedDict");
         e.op(b')');
         e.op(b'R');
-        e.global("torch", "float8_e4m3fn");
+        e.global("torch", "float8_e4m3fnuz");
         e.op(b't');
         e.op(b'R');
     };
@@ -267,7 +281,7 @@ fn v3_untyped_storages_and_unsupported_dtypes() {
     );
     let msg = err_of(read_zip(&p));
     assert!(
-        msg.contains("fp8.weight") && msg.contains("float8_e4m3fn"),
+        msg.contains("fp8.weight") && msg.contains("float8_e4m3fnuz"),
         "{msg}"
     );
     let q = |e: &mut Emitter| v2(e, "QInt8Storage", "0", 8, 0, &[8], &[1]);

@@ -66,11 +66,11 @@ pub(crate) const DTYPE_GLOBALS: &[(&str, Option<DType>)] = &[
     ("uint32", Some(DType::U32)),
     ("uint64", Some(DType::U64)),
     ("bool", Some(DType::Bool)),
-    ("float8_e4m3fn", None),
-    ("float8_e5m2", None),
+    ("float8_e4m3fn", Some(DType::F8E4M3)),
+    ("float8_e5m2", Some(DType::F8E5M2)),
     ("float8_e4m3fnuz", None),
     ("float8_e5m2fnuz", None),
-    ("float8_e8m0fnu", None),
+    ("float8_e8m0fnu", Some(DType::F8E8M0)),
     ("float4_e2m1fn_x2", None),
     ("complex32", None),
     ("complex64", None),
@@ -164,7 +164,7 @@ mod tests {
                     assert!(STORAGE_CLASSES.contains(&(cls, Some(d))))
                 }
                 WriteSpelling::V3(n) => {
-                    assert!(matches!(d, DType::U16 | DType::U32 | DType::U64));
+                    assert!(matches!(d, DType::U16 | DType::U32 | DType::U64) || d.is_fp8());
                     assert!(DTYPE_GLOBALS.contains(&(n, Some(d))));
                 }
             }
