@@ -191,6 +191,107 @@ pub enum DataRef {
         shape: Vec<usize>,
         strides: Vec<usize>,
     },
+    /// A global tensor assembled from slices of other tensors (distributed checkpoints: each rank's file holds a
+    /// box of the global tensor). The reader has checked that the boxes tile `shape` exactly, so every byte is
+    /// written once.
+    Assembled {
+        elem_size: usize,
+        /// Global shape.
+        shape: Vec<usize>,
+        pieces: Vec<Placed>,
+    },
+}
+
+/// One slice of a global tensor: `data` holds the row-major bytes of a box of shape `shape` whose first element is
+/// at `offset` in the global tensor.
+#[derive(Clone, Debug)]
+pub struct Placed {
+    pub data: DataRef,
+    pub offset: Vec<usize>,
+    pub shape: Vec<usize>,
+}
+
+/// Copy the row-major box `piece` (shape `box_shape`, placed at `offset`) into the row-major global buffer `out`
+/// of shape `shape`. The caller has checked that the box lies inside the tensor.
+pub fn place_box(
+    out: &mut [u8],
+    shape: &[usize],
+    elem_size: usize,
+    piece: &[u8],
+    offset: &[usize],
+    box_shape: &[usize],
+) {
+    box_runs(shape, offset, box_shape, elem_size, |g, b| {
+        out[g].copy_from_slice(&piece[b])
+    });
+}
+
+/// Cut the box (`box_shape` at `offset`) out of the row-major global buffer `global` into `out` (row-major).
+pub fn cut_box(
+    global: &[u8],
+    shape: &[usize],
+    elem_size: usize,
+    offset: &[usize],
+    box_shape: &[usize],
+    out: &mut [u8],
+) {
+    box_runs(shape, offset, box_shape, elem_size, |g, b| {
+        out[b].copy_from_slice(&global[g])
+    });
+}
+
+/// Walk a box of a row-major tensor as runs of contiguous bytes: `f(global byte range, box byte range)`.
+/// Trailing dimensions the box covers whole are merged into one run.
+pub fn box_runs(
+    shape: &[usize],
+    offset: &[usize],
+    box_shape: &[usize],
+    elem_size: usize,
+    mut f: impl FnMut(Range<usize>, Range<usize>),
+) {
+    let n = numel(box_shape).unwrap_or(0);
+    if n == 0 {
+        return;
+    }
+    // Merge the trailing dims that the box spans fully, plus the first one that it does not.
+    let rank = shape.len();
+    let mut k = rank; // dims k.. form one run
+    let mut run = elem_size;
+    while k > 0 {
+        k -= 1;
+        run *= box_shape[k];
+        if box_shape[k] != shape[k] {
+            break;
+        }
+    }
+    // strides of the global tensor in bytes
+    let mut strides = vec![0usize; rank];
+    let mut acc = elem_size;
+    for d in (0..rank).rev() {
+        strides[d] = acc;
+        acc *= shape[d];
+    }
+    let base: usize = offset.iter().zip(&strides).map(|(o, s)| o * s).sum();
+    let outer = &box_shape[..k.min(rank)];
+    let mut idx = vec![0usize; outer.len()];
+    let mut b = 0usize;
+    loop {
+        let g = base + idx.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>();
+        f(g..g + run, b..b + run);
+        b += run;
+        let mut d = outer.len();
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            idx[d] += 1;
+            if idx[d] < outer[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
 }
 
 impl DataRef {
@@ -225,6 +326,23 @@ impl DataRef {
                 }
                 Cow::Owned(materialise_strided(st, *elem_size, *offset, shape, strides))
             }
+            DataRef::Assembled {
+                elem_size,
+                shape,
+                pieces,
+            } => {
+                if let [p] = &pieces[..] {
+                    if p.shape == *shape {
+                        return p.data.bytes();
+                    }
+                }
+                let total = numel(shape).unwrap_or(0) * elem_size;
+                let mut out = vec![0u8; total];
+                for p in pieces {
+                    place_box(&mut out, shape, *elem_size, &p.data.bytes(), &p.offset, &p.shape);
+                }
+                Cow::Owned(out)
+            }
         }
     }
 
@@ -234,6 +352,9 @@ impl DataRef {
             DataRef::Contiguous { range, .. } => range.len(),
             DataRef::Chunks { ranges, .. } => ranges.iter().map(|r| r.len()).sum(),
             DataRef::Strided {
+                elem_size, shape, ..
+            } => numel(shape).unwrap_or(0) * elem_size,
+            DataRef::Assembled {
                 elem_size, shape, ..
             } => numel(shape).unwrap_or(0) * elem_size,
         }

@@ -6,8 +6,10 @@
 //! temporary file in the output directory and renames it into place in [`TensorWriter::finish`].
 
 pub mod ckpt;
+pub mod distributed;
 pub mod safetensors;
 pub mod sharded;
+pub mod strategy;
 pub mod torch;
 
 use std::fs::File;
@@ -223,6 +225,15 @@ pub fn open_file(path: &Path) -> Result<Checkpoint> {
 /// Read a whole model: a single weight file, one shard of an HF set (all shards are loaded through the index),
 /// an index json, or a directory holding an index or exactly one weight file.
 pub fn open_model(path: &Path) -> Result<Checkpoint> {
+    open_model_with(path, &distributed::Options::default())
+}
+
+/// [`open_model`], with the options of distributed checkpoints (optimizer state, strategy file).
+pub fn open_model_with(path: &Path, dist: &distributed::Options) -> Result<Checkpoint> {
+    // Distributed checkpoints (rank_N/ folders + strategy, MindFormers 2.x metadata.json): one separate branch.
+    if distributed::detect(path).is_some() {
+        return distributed::open(path, dist);
+    }
     match sharded::resolve(path)? {
         sharded::Resolved::Index(index) => sharded::read_index(&index),
         sharded::Resolved::File(file) => open_file(&file),
