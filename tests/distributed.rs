@@ -359,3 +359,63 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
     n += 1;
     eprintln!("{n} bad distributed inputs refused");
 }
+
+// ---- splitting ----
+
+#[test]
+fn split_by_a_strategy_reads_back_to_the_source() {
+    use convert_weight::formats::strategy::Strategy;
+    use convert_weight::formats::{distributed::split, open_file, OutputFormat};
+    let dir = fixtures();
+    let source = open_file(&dir.join("source/llama.ckpt")).unwrap();
+    let want = rows_of(&source);
+    let mut n = 0;
+    for (case, strategy, fmt) in [
+        ("ms_tp2", "strategy.ckpt", OutputFormat::Ckpt),
+        ("ms_dp2_tp2_opt", "strategy.ckpt", OutputFormat::Safetensors),
+        ("ms_pp2_dp2_tp2_opt", "strategy", OutputFormat::Ckpt),
+    ] {
+        let st = Strategy::read(&dir.join(case).join(strategy)).unwrap();
+        let plan = split::plan_mindspore(&source, &st, fmt).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("split");
+        split::write(&source, &plan, &out, &[]).unwrap();
+        let back = distributed::open(&out, &Options::default()).unwrap();
+        assert_eq!(rows_of(&back), want, "{case}: split then merged");
+        n += 1;
+    }
+    eprintln!("{n} strategy splits round-tripped");
+}
+
+#[test]
+fn split_into_a_mindformers_layout_reads_back_to_the_source() {
+    use convert_weight::formats::{distributed::split, open_file};
+    let dir = fixtures();
+    let source = open_file(&dir.join("source/llama.ckpt")).unwrap();
+    let want = rows_of(&source);
+    // llama (MindSpore names): column-parallel wq/wk/wv/w1/w3/embedding/lm_head, row-parallel wo/w2
+    let place = |t: &convert_weight::tensor::TensorInfo| {
+        let n = &t.name;
+        let col = ["wq.", "wk.", "wv.", "w1.", "w3.", "embedding_weight", "lm_head"];
+        split::Placement {
+            stage: usize::from(n.contains("layers.1.") || n.contains("norm_out") || n.contains("lm_head")),
+            tp_axis: if col.iter().any(|c| n.contains(c)) {
+                Some(0)
+            } else if n.contains("wo.") || n.contains("w2.") {
+                Some(1)
+            } else {
+                None
+            },
+            ep_axis: None,
+        }
+    };
+    let layout = split::MfLayout { tp: 2, pp: 2, ep: 1, iteration: 7 };
+    let plan = split::plan_mindformers(&source, layout, &place).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("mf");
+    split::write(&source, &plan, &out, &[("format".into(), "ms".into())]).unwrap();
+    assert!(out.join("latest_checkpointed_iteration.txt").is_file());
+    assert!(out.join("iteration_00000007/common.json").is_file());
+    let back = distributed::open(&out, &Options::default()).unwrap();
+    assert_eq!(rows_of(&back), want);
+}

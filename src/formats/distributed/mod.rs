@@ -16,6 +16,7 @@
 
 pub mod mindformers;
 pub mod mindspore;
+pub mod split;
 
 use std::path::{Path, PathBuf};
 
