@@ -1,5 +1,5 @@
 //! End-to-end tests of `convert-batch` on pure format conversions of fixture files (copied into a tempdir, so
-//! touching them never changes the shared fixtures).
+//! touching them never changes the vendored fixtures).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -7,14 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-fn fixtures() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/edge");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("note: {} is absent: test skipped", p.display());
-        None
-    }
+#[path = "common/fixtures.rs"]
+mod locate;
+
+/// `tests/fixtures/edge`; a missing fixture fails the test with its path.
+fn fixtures() -> PathBuf {
+    locate::fixture("edge")
 }
 
 fn batch(dir: &Path, args: &[&str]) -> Output {
@@ -77,7 +75,7 @@ impl Work {
             "ms_dtypes.ckpt",
             "ms_sliced_rows.ckpt",
         ] {
-            std::fs::copy(fx.join(f), input.join(f)).unwrap();
+            std::fs::copy(locate::require(fx.join(f)), input.join(f)).unwrap();
         }
         write_safetensors(
             &input.join("w.safetensors"),
@@ -195,7 +193,7 @@ fn outputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn corrupt_input_fails_only_its_job() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let w = Work::new(&fx, true);
     let o = w.run(&["--report", "r.json", "--junit", "j.xml"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -236,7 +234,7 @@ fn corrupt_input_fails_only_its_job() {
 
 #[test]
 fn jobs_1_and_jobs_4_write_identical_bytes() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let a = Work::new(&fx, false);
     let b = Work::new(&fx, false);
     let oa = a.run(&["--jobs", "1"]);
@@ -250,7 +248,7 @@ fn jobs_1_and_jobs_4_write_identical_bytes() {
 
 #[test]
 fn reruns_skip_and_touching_an_input_reruns_only_its_jobs() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let w = Work::new(&fx, false);
     let o = w.run(&["--report", "r1.json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -299,7 +297,7 @@ fn reruns_skip_and_touching_an_input_reruns_only_its_jobs() {
 
 #[test]
 fn check_catches_a_changed_tensor() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let w = Work::new(&fx, false);
     let o = w.run(&["--write-golden", "golden.json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -335,7 +333,7 @@ fn check_catches_a_changed_tensor() {
 
 #[test]
 fn dry_run_writes_nothing() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let w = Work::new(&fx, false);
     let o = w.run(&["--dry-run", "--report", "r.json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -350,7 +348,7 @@ fn dry_run_writes_nothing() {
 #[test]
 fn shards_cover_every_job_once_and_merge() {
     // Works whether jobs succeed or fail: the reports list every job of their shard.
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let w = Work::new(&fx, true);
     let mut names = Vec::new();
     for k in 1..=3 {
@@ -476,7 +474,7 @@ fn bad_manifest_exits_2_with_the_line() {
 
 #[test]
 fn plain_progress_lines_when_stderr_is_not_a_terminal() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let w = Work::new(&fx, true);
     let o = batch(w.path(), &["m.toml", "--jobs", "1"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
