@@ -339,7 +339,14 @@ impl DataRef {
                 let total = numel(shape).unwrap_or(0) * elem_size;
                 let mut out = vec![0u8; total];
                 for p in pieces {
-                    place_box(&mut out, shape, *elem_size, &p.data.bytes(), &p.offset, &p.shape);
+                    place_box(
+                        &mut out,
+                        shape,
+                        *elem_size,
+                        &p.data.bytes(),
+                        &p.offset,
+                        &p.shape,
+                    );
                 }
                 Cow::Owned(out)
             }

@@ -11,13 +11,13 @@ use convert_weight::tensor::Checkpoint;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+#[path = "common/fixtures.rs"]
+mod locator;
+
+/// `tests/fixtures/distributed/` (made by tools/make-distributed-fixtures.py); missing is a failure naming it.
 fn fixtures() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/distributed");
-    assert!(
-        p.join("provenance.json").is_file(),
-        "missing fixture {}: run tools/make-distributed-fixtures.py",
-        p.display()
-    );
+    let p = locator::fixture("distributed");
+    locator::require(p.join("provenance.json"));
     p
 }
 
@@ -91,10 +91,17 @@ fn mindspore_merge_equals_the_frameworks_bit_for_bit() {
         let root = dir.join(case);
         let want = rows_of_json(&root.join("framework_merge.tensors.json"));
         let got = rows_of(&distributed::open(&root, &keep()).unwrap());
-        assert_eq!(got, want, "{case}: our merge differs from transform_checkpoints'");
+        assert_eq!(
+            got, want,
+            "{case}: our merge differs from transform_checkpoints'"
+        );
         // default: optimizer state dropped by named rules, and listed
         let ck = distributed::open(&root, &Options::default()).unwrap();
-        let want_model: Vec<Row> = want.iter().filter(|r| !is_optimizer(&r.0)).cloned().collect();
+        let want_model: Vec<Row> = want
+            .iter()
+            .filter(|r| !is_optimizer(&r.0))
+            .cloned()
+            .collect();
         assert_eq!(rows_of(&ck), want_model, "{case}: without optimizer state");
         assert!(ck.others.iter().any(|o| o.name == "global_step"));
         n += 1;
@@ -124,7 +131,10 @@ fn mindformers_merge_equals_the_source_from_root_iteration_or_metadata() {
     for p in [root.clone(), it.clone(), it.join("metadata.json")] {
         let ck = distributed::open(&p, &Options::default()).unwrap();
         assert_eq!(rows_of(&ck), want, "{}", p.display());
-        assert!(ck.others.iter().any(|o| o.name == "global_step" && o.kind == "common.json"));
+        assert!(ck
+            .others
+            .iter()
+            .any(|o| o.name == "global_step" && o.kind == "common.json"));
     }
 }
 
@@ -137,7 +147,11 @@ fn cw(args: &[&str]) -> std::process::Output {
 
 fn inspect_rows(path: &Path) -> Vec<Row> {
     let out = cw(&["inspect", path.to_str().unwrap(), "--json", "--hash"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let tmp = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(tmp.path(), v.to_string()).unwrap();
@@ -153,7 +167,12 @@ fn the_convert_pipeline_merges_ranks_into_one_file_and_shards() {
         .collect();
     let out = tempfile::tempdir().unwrap();
     let single = out.path().join("merged.safetensors");
-    let o = cw(&["--input_path", root.to_str().unwrap(), "--output_path", single.to_str().unwrap()]);
+    let o = cw(&[
+        "--input_path",
+        root.to_str().unwrap(),
+        "--output_path",
+        single.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(inspect_rows(&single), want);
     let sharded = out.path().join("shards");
@@ -191,7 +210,11 @@ fn straight_to_hf_for_llama() {
             "--output_path",
             dst.to_str().unwrap(),
         ]);
-        assert!(o.status.success(), "{case}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         assert_eq!(inspect_rows(&dst), want, "{case}: straight to HF");
         n += 1;
     }
@@ -227,7 +250,12 @@ fn refuses(case: &str, what: &str, mutate: impl FnOnce(&Path), needles: &[&str])
     mutate(&root);
     let out = tmp.path().join("out");
     let dst = out.join("merged.safetensors");
-    let o = cw(&["--input_path", root.to_str().unwrap(), "--output_path", dst.to_str().unwrap()]);
+    let o = cw(&[
+        "--input_path",
+        root.to_str().unwrap(),
+        "--output_path",
+        dst.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{what}: accepted");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -238,7 +266,10 @@ fn refuses(case: &str, what: &str, mutate: impl FnOnce(&Path), needles: &[&str])
     let written = out.is_dir() && std::fs::read_dir(&out).unwrap().next().is_some();
     assert!(!written, "{what}: something was written");
     // the library says the same
-    assert!(distributed::open(&root, &Options::default()).is_err(), "{what}");
+    assert!(
+        distributed::open(&root, &Options::default()).is_err(),
+        "{what}"
+    );
 }
 
 fn edit_metadata(root: &Path, f: impl FnOnce(&mut Value)) {
@@ -249,7 +280,13 @@ fn edit_metadata(root: &Path, f: impl FnOnce(&mut Value)) {
 }
 
 /// Rewrite one tensor of a safetensors rank file (dtype and raw bytes of the new tensor given).
-fn rewrite_safetensors(file: &Path, name: &str, dtype: safetensors::Dtype, shape: Vec<usize>, data: Vec<u8>) {
+fn rewrite_safetensors(
+    file: &Path,
+    name: &str,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+) {
     let bytes = std::fs::read(file).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
@@ -264,7 +301,12 @@ fn rewrite_safetensors(file: &Path, name: &str, dtype: safetensors::Dtype, shape
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = owned
         .iter()
-        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     let out = safetensors::serialize(views, None).unwrap();
     std::fs::write(file, out).unwrap();
@@ -303,9 +345,19 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
         |r| {
             let f = r.join("rank_1/checkpoint_1.safetensors");
             // the wq slice of rank 1 is [8, 32] f32; make it f16 of the same shape
-            rewrite_safetensors(&f, "model.layers.0.attention.wq.weight", safetensors::Dtype::F16, vec![8, 32], vec![0; 512]);
+            rewrite_safetensors(
+                &f,
+                "model.layers.0.attention.wq.weight",
+                safetensors::Dtype::F16,
+                vec![8, 32],
+                vec![0; 512],
+            );
         },
-        &["checkpoint_1.safetensors", "model.layers.0.attention.wq.weight", "dtype F16"],
+        &[
+            "checkpoint_1.safetensors",
+            "model.layers.0.attention.wq.weight",
+            "dtype F16",
+        ],
     );
     n += 1;
     refuses(
@@ -313,16 +365,33 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
         "global shape disagreement between ranks",
         |r| {
             let f = r.join("rank_3/checkpoint_3.safetensors");
-            rewrite_safetensors(&f, "model.layers.1.attention.wo.weight", safetensors::Dtype::F32, vec![8, 8], vec![0; 256]);
+            rewrite_safetensors(
+                &f,
+                "model.layers.1.attention.wo.weight",
+                safetensors::Dtype::F32,
+                vec![8, 8],
+                vec![0; 256],
+            );
         },
-        &["checkpoint_3.safetensors", "model.layers.1.attention.wo.weight", "global shape"],
+        &[
+            "checkpoint_3.safetensors",
+            "model.layers.1.attention.wo.weight",
+            "global shape",
+        ],
     );
     n += 1;
     refuses(
         "mf_tp2_pp2",
         "metadata.json names a missing file",
-        |r| std::fs::remove_file(r.join("iteration_00000010/model-0000003-0000004.safetensors")).unwrap(),
-        &["metadata.json", "model-0000003-0000004.safetensors", "missing"],
+        |r| {
+            std::fs::remove_file(r.join("iteration_00000010/model-0000003-0000004.safetensors"))
+                .unwrap()
+        },
+        &[
+            "metadata.json",
+            "model-0000003-0000004.safetensors",
+            "missing",
+        ],
     );
     n += 1;
     refuses(
@@ -330,13 +399,18 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
         "hole",
         |r| {
             edit_metadata(r, |v| {
-                let chunks = v["state_dict_metadata"]["model.layers.1.attention.wq.weight"]["chunk"]
+                let chunks = v["state_dict_metadata"]["model.layers.1.attention.wq.weight"]
+                    ["chunk"]
                     .as_array_mut()
                     .unwrap();
                 chunks.pop();
             })
         },
-        &["metadata.json", "model.layers.1.attention.wq.weight", "hole"],
+        &[
+            "metadata.json",
+            "model.layers.1.attention.wq.weight",
+            "hole",
+        ],
     );
     n += 1;
     refuses(
@@ -354,7 +428,11 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
                 v["storage_data"][&key_new] = entry;
             })
         },
-        &["model.layers.0.attention.wk.weight", "overlaps", "different bytes"],
+        &[
+            "model.layers.0.attention.wk.weight",
+            "overlaps",
+            "different bytes",
+        ],
     );
     n += 1;
     eprintln!("{n} bad distributed inputs refused");
@@ -396,9 +474,19 @@ fn split_into_a_mindformers_layout_reads_back_to_the_source() {
     // llama (MindSpore names): column-parallel wq/wk/wv/w1/w3/embedding/lm_head, row-parallel wo/w2
     let place = |t: &convert_weight::tensor::TensorInfo| {
         let n = &t.name;
-        let col = ["wq.", "wk.", "wv.", "w1.", "w3.", "embedding_weight", "lm_head"];
+        let col = [
+            "wq.",
+            "wk.",
+            "wv.",
+            "w1.",
+            "w3.",
+            "embedding_weight",
+            "lm_head",
+        ];
         split::Placement {
-            stage: usize::from(n.contains("layers.1.") || n.contains("norm_out") || n.contains("lm_head")),
+            stage: usize::from(
+                n.contains("layers.1.") || n.contains("norm_out") || n.contains("lm_head"),
+            ),
             tp_axis: if col.iter().any(|c| n.contains(c)) {
                 Some(0)
             } else if n.contains("wo.") || n.contains("w2.") {
@@ -409,7 +497,12 @@ fn split_into_a_mindformers_layout_reads_back_to_the_source() {
             ep_axis: None,
         }
     };
-    let layout = split::MfLayout { tp: 2, pp: 2, ep: 1, iteration: 7 };
+    let layout = split::MfLayout {
+        tp: 2,
+        pp: 2,
+        ep: 1,
+        iteration: 7,
+    };
     let plan = split::plan_mindformers(&source, layout, &place).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("mf");

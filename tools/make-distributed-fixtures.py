@@ -255,7 +255,13 @@ def build_mf_case(source, out):
                                  "rank_group": [st * tp + k for k in range(tp)] if frag == [1] * a.ndim else [r]}]
         sdm[n] = {"properties": {"dtype": "Float32", "replica_id": 0, "allow_shape_mismatch": False,
                                  "allow_to_save": True},
-                  "global_shape": list(a.shape), "axis_fragmentations": frag, "layout": None, "chunk": chunks}
+                  "global_shape": list(a.shape), "axis_fragmentations": frag, "chunk": chunks,
+                  # the loader (ReshardLoader) cuts sharded sources by this layout (Layout.to_dict(): device
+                  # matrix, tensor map counted from the right, alias names, the stage's rank list)
+                  "layout": None if frag == [1] * a.ndim else {
+                      "device_matrix": [tp], "tensor_map": [0 if k > 1 else -1 for k in frag],
+                      "interleaved_parallel": False, "alias_name": ["tp"],
+                      "rank_list": [st * tp + k for k in range(tp)]}}
     for r in range(world):
         save_file(files[r], os.path.join(it, f"model-{r:07d}-{world:07d}.safetensors"), metadata={"format": "ms"})
     with open(os.path.join(it, "metadata.json"), "w") as f:

@@ -225,7 +225,10 @@ impl Strategy {
                 FormatError::invalid(f, format!("not a MindSpore ParallelStrategyMap: {e}"))
             })?;
             if map.parallel_layout_item.is_empty() {
-                return Err(FormatError::invalid(f, "strategy file holds no parameter layout"));
+                return Err(FormatError::invalid(
+                    f,
+                    "strategy file holds no parameter layout",
+                ));
             }
             let file_stage = map
                 .parallel_strategy_item

@@ -47,7 +47,10 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     if tracker.is_file() {
         let text = std::fs::read_to_string(&tracker).map_err(|e| FormatError::io(&tracker, e))?;
         let it: u64 = text.trim().parse().map_err(|_| {
-            FormatError::invalid(&tracker, format!("'{}' is not an iteration number", text.trim()))
+            FormatError::invalid(
+                &tracker,
+                format!("'{}' is not an iteration number", text.trim()),
+            )
         })?;
         let dir = path.join(format!("iteration_{it:08}"));
         let meta = dir.join("metadata.json");
@@ -81,7 +84,10 @@ pub fn storage_key(name: &str, offset: &[usize]) -> String {
         [one] => format!("({one},)"),
         many => format!(
             "({})",
-            many.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     let quoted = if name.contains('\'') && !name.contains('"') {
@@ -105,9 +111,15 @@ pub fn read(path: &Path, opts: &Options) -> Result<Checkpoint> {
 }
 
 /// [`read`], with each tensor's coverage and the rank count (distinct storage ranks).
-pub fn read_with_coverage(path: &Path, opts: &Options) -> Result<(Checkpoint, Vec<Coverage>, usize)> {
+pub fn read_with_coverage(
+    path: &Path,
+    opts: &Options,
+) -> Result<(Checkpoint, Vec<Coverage>, usize)> {
     let meta_path = resolve(path)?;
-    let dir = meta_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = meta_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let text = std::fs::read_to_string(&meta_path).map_err(|e| FormatError::io(&meta_path, e))?;
     let meta: Value = serde_json::from_str(&text)
         .map_err(|e| FormatError::invalid(&meta_path, format!("not valid JSON: {e}")))?;
@@ -157,17 +169,20 @@ pub fn read_with_coverage(path: &Path, opts: &Options) -> Result<(Checkpoint, Ve
                 .and_then(usizes)
                 .ok_or_else(|| tbad("chunk without local_shape".into()))?;
             let key = storage_key(name, &raw_off);
-            let entries = storage
-                .get(&key)
-                .and_then(Value::as_array)
-                .ok_or_else(|| tbad(format!("chunk at {raw_off:?} has no storage_data entry {key}")))?;
+            let entries = storage.get(&key).and_then(Value::as_array).ok_or_else(|| {
+                tbad(format!(
+                    "chunk at {raw_off:?} has no storage_data entry {key}"
+                ))
+            })?;
             let file_name = entries
                 .first()
                 .and_then(|e| e.get("file_name"))
                 .and_then(Value::as_str)
                 .ok_or_else(|| tbad(format!("storage_data {key} names no file")))?;
             if file_name.contains('/') || file_name.contains('\\') || file_name.starts_with('.') {
-                return Err(tbad(format!("storage file name '{file_name}' is not a plain file name")));
+                return Err(tbad(format!(
+                    "storage file name '{file_name}' is not a plain file name"
+                )));
             }
             for e in entries {
                 if let Some(r) = e.get("storage_rank").and_then(Value::as_u64) {
@@ -188,7 +203,11 @@ pub fn read_with_coverage(path: &Path, opts: &Options) -> Result<(Checkpoint, Ve
             }
             let ck = &opened[file_name];
             let entry = ck.find(name).ok_or_else(|| {
-                FormatError::tensor(&fpath, name, "not in this file, though metadata.json says it is")
+                FormatError::tensor(
+                    &fpath,
+                    name,
+                    "not in this file, though metadata.json says it is",
+                )
             })?;
             // An unsharded tensor may be recorded with a one-element offset (0,).
             let mut offset = raw_off.clone();
@@ -208,7 +227,10 @@ pub fn read_with_coverage(path: &Path, opts: &Options) -> Result<(Checkpoint, Ve
             slices.push(Slice {
                 file: fpath.clone(),
                 entry: entry.clone(),
-                bx: SliceBox { offset, shape: local },
+                bx: SliceBox {
+                    offset,
+                    shape: local,
+                },
             });
         }
         globals.push(Global {

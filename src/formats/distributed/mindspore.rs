@@ -86,7 +86,10 @@ fn rank_file(dir: &Path) -> Result<PathBuf> {
     found.sort();
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(FormatError::invalid(dir, "rank folder holds no .ckpt or .safetensors file")),
+        0 => Err(FormatError::invalid(
+            dir,
+            "rank folder holds no .ckpt or .safetensors file",
+        )),
         _ => Err(FormatError::invalid(
             dir,
             format!(
@@ -107,8 +110,12 @@ pub fn read(root: &Path, opts: &Options) -> Result<Checkpoint> {
 }
 
 /// [`read`], with each tensor's coverage and the rank count.
-pub fn read_with_coverage(root: &Path, opts: &Options) -> Result<(Checkpoint, Vec<Coverage>, usize)> {
-    let ranks = rank_dirs(root).ok_or_else(|| FormatError::invalid(root, "cannot list the folder"))?;
+pub fn read_with_coverage(
+    root: &Path,
+    opts: &Options,
+) -> Result<(Checkpoint, Vec<Coverage>, usize)> {
+    let ranks =
+        rank_dirs(root).ok_or_else(|| FormatError::invalid(root, "cannot list the folder"))?;
     if ranks.is_empty() {
         return Err(FormatError::invalid(root, "no rank_N/ folder"));
     }
@@ -116,7 +123,10 @@ pub fn read_with_coverage(root: &Path, opts: &Options) -> Result<(Checkpoint, Ve
         if *k != i {
             return Err(FormatError::invalid(
                 root,
-                format!("rank_{i}/ is missing (found rank_{k}/ after rank_{})", i.wrapping_sub(1)),
+                format!(
+                    "rank_{i}/ is missing (found rank_{k}/ after rank_{})",
+                    i.wrapping_sub(1)
+                ),
             ));
         }
     }
@@ -258,10 +268,7 @@ pub fn read_with_coverage(root: &Path, opts: &Options) -> Result<(Checkpoint, Ve
         globals,
         others,
         files,
-        vec![(
-            "strategy".to_string(),
-            strategy_path.display().to_string(),
-        )],
+        vec![("strategy".to_string(), strategy_path.display().to_string())],
     )?;
     Ok((ck, covs, n))
 }

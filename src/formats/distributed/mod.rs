@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 
 use super::strategy::SliceBox;
 use super::{FormatError, Result};
-use crate::tensor::{numel, Checkpoint, DType, DataRef, OtherEntry, Placed, TensorEntry, TensorInfo};
+use crate::tensor::{
+    numel, Checkpoint, DType, DataRef, OtherEntry, Placed, TensorEntry, TensorInfo,
+};
 
 /// How to read a distributed checkpoint.
 #[derive(Clone, Debug, Default)]
@@ -172,9 +174,21 @@ fn intersect(a: &SliceBox, b: &SliceBox) -> Option<SliceBox> {
 
 /// The bytes of the sub-box `sub` (global coordinates) of slice `s`.
 fn sub_bytes(s: &Slice, sub: &SliceBox, elem: usize) -> Vec<u8> {
-    let local: Vec<usize> = sub.offset.iter().zip(&s.bx.offset).map(|(a, b)| a - b).collect();
+    let local: Vec<usize> = sub
+        .offset
+        .iter()
+        .zip(&s.bx.offset)
+        .map(|(a, b)| a - b)
+        .collect();
     let mut out = vec![0u8; numel(&sub.shape).unwrap_or(0) * elem];
-    crate::tensor::cut_box(&s.entry.data.bytes(), &s.bx.shape, elem, &local, &sub.shape, &mut out);
+    crate::tensor::cut_box(
+        &s.entry.data.bytes(),
+        &s.bx.shape,
+        elem,
+        &local,
+        &sub.shape,
+        &mut out,
+    );
     out
 }
 
@@ -226,7 +240,11 @@ fn first_hole(shape: &[usize], boxes: &[&SliceBox]) -> Option<Vec<usize>> {
 pub fn assemble(g: Global) -> Result<(TensorEntry, Coverage)> {
     let elem = g.dtype.size();
     let total = numel(&g.shape).ok_or_else(|| {
-        FormatError::tensor(&g.declared_in, &g.name, format!("global shape {:?} overflows", g.shape))
+        FormatError::tensor(
+            &g.declared_in,
+            &g.name,
+            format!("global shape {:?} overflows", g.shape),
+        )
     })?;
     let mut cov = Coverage::default();
     let mut kept: Vec<Slice> = Vec::new();
@@ -296,7 +314,11 @@ pub fn assemble(g: Global) -> Result<(TensorEntry, Coverage)> {
                 format!(
                     "the slices leave a hole at {p:?} of the global shape {:?} (slices from {})",
                     g.shape,
-                    if files.is_empty() { "no file".to_string() } else { files.join(", ") }
+                    if files.is_empty() {
+                        "no file".to_string()
+                    } else {
+                        files.join(", ")
+                    }
                 ),
             ));
         }
@@ -378,7 +400,12 @@ pub fn summarise(path: &Path, opts: &Options) -> Result<Summary> {
         kind: ck.format.clone(),
         ranks,
         files: ck.files.clone(),
-        tensors: ck.tensors.iter().map(|t| t.info.clone()).zip(covs).collect(),
+        tensors: ck
+            .tensors
+            .iter()
+            .map(|t| t.info.clone())
+            .zip(covs)
+            .collect(),
         dropped: ck
             .others
             .iter()
@@ -432,10 +459,19 @@ mod tests {
 
     #[test]
     fn holes_are_found_exactly() {
-        let a = SliceBox { offset: vec![0, 0], shape: vec![2, 4] };
-        let b = SliceBox { offset: vec![2, 0], shape: vec![2, 2] };
+        let a = SliceBox {
+            offset: vec![0, 0],
+            shape: vec![2, 4],
+        };
+        let b = SliceBox {
+            offset: vec![2, 0],
+            shape: vec![2, 2],
+        };
         assert_eq!(first_hole(&[4, 4], &[&a, &b]), Some(vec![2, 2]));
-        let c = SliceBox { offset: vec![1, 2], shape: vec![3, 2] };
+        let c = SliceBox {
+            offset: vec![1, 2],
+            shape: vec![3, 2],
+        };
         assert_eq!(first_hole(&[4, 4], &[&a, &b, &c]), None);
     }
 }

@@ -18,7 +18,10 @@ use serde_json::{json, Value};
 
 use super::mindformers::storage_key;
 use crate::formats::strategy::{SliceBox, Strategy};
-use crate::formats::{ckpt, create_single_writer, temp_prefix, FormatError, OutTensor, OutputFormat, Result, WriteOptions};
+use crate::formats::{
+    ckpt, create_single_writer, temp_prefix, FormatError, OutTensor, OutputFormat, Result,
+    WriteOptions,
+};
 use crate::tensor::{cut_box, numel, Checkpoint, TensorInfo};
 
 /// One output file and the boxes of source tensors it holds (under the source tensor's name).
@@ -41,7 +44,11 @@ pub struct SplitPlan {
 }
 
 /// Per-rank slices of `source` for a MindSpore strategy. Tensors without a layout go whole to every rank.
-pub fn plan_mindspore(source: &Checkpoint, strategy: &Strategy, format: OutputFormat) -> Result<SplitPlan> {
+pub fn plan_mindspore(
+    source: &Checkpoint,
+    strategy: &Strategy,
+    format: OutputFormat,
+) -> Result<SplitPlan> {
     let ext = match format {
         OutputFormat::Ckpt => "ckpt",
         OutputFormat::Safetensors => "safetensors",
@@ -57,12 +64,16 @@ pub fn plan_mindspore(source: &Checkpoint, strategy: &Strategy, format: OutputFo
     for t in &source.tensors {
         if let Some(l) = strategy.params.get(&t.info.name) {
             let f = l.factors();
-            let fits = f.len() == t.info.shape.len() && t.info.shape.iter().zip(&f).all(|(s, k)| s % k == 0);
+            let fits = f.len() == t.info.shape.len()
+                && t.info.shape.iter().zip(&f).all(|(s, k)| s % k == 0);
             if !fits {
                 return Err(FormatError::tensor(
                     &sfile,
                     &t.info.name,
-                    format!("shape {:?} cannot be cut {:?} ways as the strategy asks", t.info.shape, f),
+                    format!(
+                        "shape {:?} cannot be cut {:?} ways as the strategy asks",
+                        t.info.shape, f
+                    ),
                 ));
             }
         }
@@ -131,7 +142,12 @@ pub fn plan_mindformers(
     layout: MfLayout,
     place: &dyn Fn(&TensorInfo) -> Placement,
 ) -> Result<SplitPlan> {
-    let MfLayout { tp, pp, ep, iteration } = layout;
+    let MfLayout {
+        tp,
+        pp,
+        ep,
+        iteration,
+    } = layout;
     let root = Path::new("layout");
     if tp == 0 || pp == 0 || ep == 0 {
         return Err(FormatError::invalid(root, "parallel sizes must be ≥ 1"));
@@ -153,13 +169,19 @@ pub fn plan_mindformers(
         for (axis, k) in [(p.tp_axis, tp), (p.ep_axis, ep)] {
             if let Some(a) = axis {
                 if a >= info.shape.len() || frag[a] != 1 {
-                    return Err(bad(format!("axis {a} cannot be cut (shape {:?})", info.shape)));
+                    return Err(bad(format!(
+                        "axis {a} cannot be cut (shape {:?})",
+                        info.shape
+                    )));
                 }
                 frag[a] = k;
             }
         }
         if info.shape.iter().zip(&frag).any(|(s, k)| s % k != 0) {
-            return Err(bad(format!("shape {:?} cannot be cut {:?} ways", info.shape, frag)));
+            return Err(bad(format!(
+                "shape {:?} cannot be cut {:?} ways",
+                info.shape, frag
+            )));
         }
         // Each distinct box is stored once, by the lowest rank holding it; rank_group lists all holders.
         let mut boxes: BTreeMap<Vec<usize>, (SliceBox, Vec<usize>)> = BTreeMap::new();
@@ -200,7 +222,7 @@ pub fn plan_mindformers(
                                "allow_shape_mismatch": false, "allow_to_save": true},
                 "global_shape": info.shape,
                 "axis_fragmentations": frag,
-                "layout": Value::Null,
+                "layout": layout_json(&p, tp, ep, &frag),
                 "chunk": chunks,
             }),
         );
@@ -218,10 +240,13 @@ pub fn plan_mindformers(
             slices,
         });
     }
-    plan.extra.push((it.join("metadata.json"), metadata.to_string().into_bytes()));
+    plan.extra
+        .push((it.join("metadata.json"), metadata.to_string().into_bytes()));
     plan.extra.push((
         it.join("common.json"),
-        serde_json::to_string_pretty(&common).unwrap_or_default().into_bytes(),
+        serde_json::to_string_pretty(&common)
+            .unwrap_or_default()
+            .into_bytes(),
     ));
     plan.extra.push((
         PathBuf::from(super::mindformers::TRACKER),
@@ -230,9 +255,38 @@ pub fn plan_mindformers(
     Ok(plan)
 }
 
+/// The `layout` of a chunked tensor as MindFormers' loader reads it (`mindspore.Layout.to_dict()`): device matrix
+/// `[ep, tp]` over the stage's ranks, tensor map counted from the right (`tp` = 0, `ep` = 1, -1 = not split).
+/// `null` for a tensor stored whole.
+fn layout_json(p: &Placement, tp: usize, ep: usize, frag: &[usize]) -> Value {
+    if frag.iter().all(|&k| k == 1) {
+        return Value::Null;
+    }
+    let map: Vec<i64> = (0..frag.len())
+        .map(|a| {
+            if p.tp_axis == Some(a) {
+                0
+            } else if p.ep_axis == Some(a) {
+                1
+            } else {
+                -1
+            }
+        })
+        .collect();
+    let first = p.stage * ep * tp;
+    let ranks: Vec<usize> = (first..first + ep * tp).collect();
+    json!({"device_matrix": [ep, tp], "tensor_map": map, "interleaved_parallel": false,
+           "alias_name": ["ep", "tp"], "rank_list": ranks})
+}
+
 /// Write a split plan under `out` (which must not exist, or be an empty folder): every file is written in a
 /// temporary folder beside `out`, which is renamed into place once complete. Returns the files written.
-pub fn write(source: &Checkpoint, plan: &SplitPlan, out: &Path, metadata: &[(String, String)]) -> Result<Vec<PathBuf>> {
+pub fn write(
+    source: &Checkpoint,
+    plan: &SplitPlan,
+    out: &Path,
+    metadata: &[(String, String)],
+) -> Result<Vec<PathBuf>> {
     if out.exists() {
         let empty = out.is_dir()
             && std::fs::read_dir(out)
@@ -240,7 +294,10 @@ pub fn write(source: &Checkpoint, plan: &SplitPlan, out: &Path, metadata: &[(Str
                 .next()
                 .is_none();
         if !empty {
-            return Err(FormatError::invalid(out, "output exists and is not an empty folder"));
+            return Err(FormatError::invalid(
+                out,
+                "output exists and is not an empty folder",
+            ));
         }
         std::fs::remove_dir(out).map_err(|e| FormatError::io(out, e))?;
     }
@@ -249,7 +306,10 @@ pub fn write(source: &Checkpoint, plan: &SplitPlan, out: &Path, metadata: &[(Str
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).map_err(|e| FormatError::io(&parent, e))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = tempfile::Builder::new()
         .prefix(&temp_prefix(&name))
         .tempdir_in(&parent)
@@ -321,7 +381,10 @@ pub fn mcore_placement(layers: usize, pp: usize) -> impl Fn(&TensorInfo) -> Plac
                 .next()
                 .and_then(|i| i.parse::<usize>().ok())
                 .map_or(0, |i| (i / per).min(pp - 1))
-        } else if n.contains("output_layer") || n.contains("final_layernorm") || n.contains("final_norm") {
+        } else if n.contains("output_layer")
+            || n.contains("final_layernorm")
+            || n.contains("final_norm")
+        {
             pp - 1
         } else {
             0
@@ -331,7 +394,9 @@ pub fn mcore_placement(layers: usize, pp: usize) -> impl Fn(&TensorInfo) -> Plac
         let base = if experts { 1 } else { 0 };
         let tp_axis = if !matrix {
             None
-        } else if n.contains("linear_qkv") || n.contains("linear_fc1") || n.contains("word_embeddings")
+        } else if n.contains("linear_qkv")
+            || n.contains("linear_fc1")
+            || n.contains("word_embeddings")
             || n.contains("output_layer")
         {
             Some(base)
