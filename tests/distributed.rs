@@ -512,3 +512,77 @@ fn split_into_a_mindformers_layout_reads_back_to_the_source() {
     let back = distributed::open(&out, &Options::default()).unwrap();
     assert_eq!(rows_of(&back), want);
 }
+
+#[test]
+fn hundreds_of_ranks_merge_under_a_small_descriptor_limit() {
+    use convert_weight::formats::distributed::split;
+    use convert_weight::formats::strategy::*;
+    use convert_weight::formats::OutputFormat;
+    use convert_weight::tensor::{Backing, DType, DataRef, TensorEntry, TensorInfo};
+    use prost::Message;
+    const RANKS: u32 = 300;
+    let tmp = tempfile::tempdir().unwrap();
+    // one [600, 3] f32 tensor cut over 300 ranks on axis 0, and a replicated [5] one
+    let mk = |name: &str, shape: Vec<usize>, seed: u8| {
+        let info = TensorInfo::new(name, DType::F32, shape);
+        let data: Vec<u8> = (0..info.nbytes())
+            .map(|k| (k as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect();
+        let len = data.len();
+        TensorEntry {
+            info,
+            data: DataRef::Contiguous {
+                backing: Backing::owned(data),
+                range: 0..len,
+            },
+            tied_to: None,
+        }
+    };
+    let source = convert_weight::tensor::Checkpoint {
+        format: "test".into(),
+        tensors: vec![mk("w", vec![600, 3], 1), mk("norm", vec![5], 2)],
+        ..Default::default()
+    };
+    let layout = |map: Vec<i32>| ParallelLayouts {
+        dev_matrix: vec![DevMatrix { dim: vec![RANKS] }],
+        tensor_map: vec![TensorMap { dim: map }],
+        param_split_shape: vec![],
+        indices_offset: vec![],
+        field: 0,
+        opt_weight_shard_step: 0,
+        opt_weight_shard_size: 0,
+    };
+    let map = ParallelStrategyMap {
+        current_stage: 0,
+        parallel_strategy_item: vec![],
+        parallel_layout_item: vec![
+            ParallelLayoutItem {
+                param_name: "w".into(),
+                parallel_layouts: layout(vec![0, -1]),
+            },
+            ParallelLayoutItem {
+                param_name: "norm".into(),
+                parallel_layouts: layout(vec![-1]),
+            },
+        ],
+    };
+    let sfile = tmp.path().join("strategy.ckpt");
+    std::fs::write(&sfile, map.encode_to_vec()).unwrap();
+    let st = Strategy::read(&sfile).unwrap();
+    let root = tmp.path().join("ranks");
+    let plan = split::plan_mindspore(&source, &st, OutputFormat::Safetensors).unwrap();
+    split::write(&source, &plan, &root, &[]).unwrap();
+    let out = tmp.path().join("merged.safetensors");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 32 && exec \"$0\" --input_path \"$1\" --output_path \"$2\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_convert-weight"))
+        .arg(&root)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(inspect_rows(&out), rows_of(&source));
+}
