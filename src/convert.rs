@@ -439,38 +439,9 @@ impl Prepared {
             if !to.is_float() {
                 return Err(usage(format!("--dtype {to}: only fp32, fp16 and bf16")));
             }
-            for item in items.iter_mut() {
-                let (cur, _) = item.expr.infer(&infos).map_err(|e| ConvertError::Exec {
-                    tensor: item.name.clone(),
-                    msg: e.0,
-                })?;
-                if !cur.is_float() {
-                    continue;
-                }
-                if item.pinned_dtype {
-                    // The model fixes the final dtype after the global cast (glm's input_layernorm goes through
-                    // --dtype first and is then cast to fp16, exactly as the reference's `.half()` on the result).
-                    let inner = match &item.expr {
-                        Expr::Cast(inner, _) => (**inner).clone(),
-                        e => e.clone(),
-                    };
-                    let (src, _) = inner.infer(&infos).map_err(|e| ConvertError::Exec {
-                        tensor: item.name.clone(),
-                        msg: e.0,
-                    })?;
-                    let mut e = inner;
-                    if src != to {
-                        e = e.cast(to);
-                    }
-                    if to != cur {
-                        e = e.cast(cur);
-                    }
-                    item.expr = e;
-                } else if cur != to {
-                    item.expr = item.expr.clone().cast(to);
-                }
-            }
         }
+        crate::plan::apply_dtype(&mut items, &infos, spec.dtype)
+            .map_err(|(tensor, e)| ConvertError::Exec { tensor, msg: e.0 })?;
         let outs = out_tensors(&source, &items)?;
         if spec.output.as_os_str().is_empty() {
             // Planning only (verify): no output.

@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod manifest;
 pub mod models;
 pub mod ops;
+pub mod plan;
 pub mod report;
 pub mod runner;
 pub mod tensor;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use convert_weight::models::{find, registry, HyperParams, ModelError};
 use convert_weight::ops::{Expr, Plan};
+use convert_weight::plan::apply_dtype;
 use convert_weight::tensor::{DType, TensorInfo};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -119,16 +120,19 @@ impl Variant {
     }
 }
 
-/// name → (dtype, shape, pinned) of a plan's outputs.
+/// name → (dtype, shape, pinned) of a plan's outputs, after the dtype policy (no `--dtype`).
 fn outputs(plan: &Plan, inputs: &[TensorInfo]) -> BTreeMap<String, (DType, Vec<usize>, bool)> {
+    let mut items = plan.items.clone();
+    apply_dtype(&mut items, inputs, None).unwrap();
     let mut m = BTreeMap::new();
-    for it in &plan.items {
+    for it in &items {
         let (d, s) = it
             .expr
             .infer(inputs)
             .unwrap_or_else(|e| panic!("{}: {e}", it.name));
         assert!(
-            m.insert(it.name.clone(), (d, s, it.pinned_dtype)).is_none(),
+            m.insert(it.name.clone(), (d, s, it.pin.is_some()))
+                .is_none(),
             "duplicate output {}",
             it.name
         );
@@ -418,8 +422,16 @@ fn load_safetensors(path: &Path) -> (Vec<TensorInfo>, Vec<Tensor>) {
     (infos, ts)
 }
 
+/// Evaluate a plan after the dtype policy (no `--dtype`: pins only).
 fn run(plan: &Plan, inputs: &[Tensor]) -> Vec<(TensorInfo, Tensor)> {
-    plan.items
+    let infos: Vec<TensorInfo> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| TensorInfo::new(format!("#{i}"), t.dtype, t.shape.clone()))
+        .collect();
+    let mut items = plan.items.clone();
+    apply_dtype(&mut items, &infos, None).unwrap();
+    items
         .iter()
         .map(|it| {
             let t = eval(&it.expr, inputs);
@@ -747,8 +759,23 @@ fn glm_pins_input_layernorm_to_fp16() {
         .iter()
         .find(|i| i.name == "transformer.layers.0.input_layernorm.gamma")
         .unwrap();
-    assert!(it.pinned_dtype);
+    assert_eq!(it.pin, Some(DType::F16));
+    assert!(
+        matches!(it.expr, Expr::Input(_)),
+        "the model plan does not cast"
+    );
+    let mut items = plan.items.clone();
+    apply_dtype(&mut items, &inputs, None).unwrap();
+    let it = items.iter().find(|i| i.name == it.name).unwrap();
     assert!(matches!(it.expr, Expr::Cast(_, DType::F16)));
+    // with --dtype bf16: bf16 first, then the pin
+    let mut items = plan.items.clone();
+    apply_dtype(&mut items, &inputs, Some(DType::BF16)).unwrap();
+    let it = items.iter().find(|i| i.name == it.name).unwrap();
+    match &it.expr {
+        Expr::Cast(inner, DType::F16) => assert!(matches!(**inner, Expr::Cast(_, DType::BF16))),
+        e => panic!("{e:?}"),
+    }
     // fp16 source: pinned, no cast
     let v = variant(&root, "glm/fp16");
     let inputs = infos(&v.torch_input());
@@ -758,7 +785,7 @@ fn glm_pins_input_layernorm_to_fp16() {
         .iter()
         .find(|i| i.name == "transformer.layers.1.input_layernorm.beta")
         .unwrap();
-    assert!(it.pinned_dtype && matches!(it.expr, Expr::Input(_)));
+    assert!(it.pin == Some(DType::F16) && matches!(it.expr, Expr::Input(_)));
 }
 
 #[test]
