@@ -25,7 +25,8 @@ import mindspore as ms
 
 
 def source_of(path):
-    return {n: p.asnumpy() for n, p in ms.load_checkpoint(path).items()}
+    fmt = "safetensors" if path.endswith(".safetensors") else "ckpt"
+    return {n: p.asnumpy() for n, p in ms.load_checkpoint(path, format=fmt).items()}
 
 
 def compare(got, want, what):

@@ -371,7 +371,8 @@ pub fn write(
 /// A default placement for MindFormers 2.x (mcore) names: `decoder.layers.{i}.` split evenly over the stages,
 /// embeddings before and the output layer/final norm after them; column-parallel weights (`linear_qkv`,
 /// `linear_fc1`, `word_embeddings`, `output_layer`) cut on axis 0, row-parallel ones (`linear_proj`,
-/// `linear_fc2`) on axis 1; tensors under `.experts.` with a leading expert axis cut on it by expert parallelism.
+/// `linear_fc2`) on axis 1; stacked experts (`.experts.`, 3-D, or 2-D with the experts stacked along axis 0 as
+/// MindFormers stores them) cut on axis 0 by expert parallelism and not by tensor parallelism.
 pub fn mcore_placement(layers: usize, pp: usize) -> impl Fn(&TensorInfo) -> Placement {
     move |t: &TensorInfo| {
         let n = &t.name;
@@ -390,9 +391,9 @@ pub fn mcore_placement(layers: usize, pp: usize) -> impl Fn(&TensorInfo) -> Plac
             0
         };
         let matrix = t.shape.len() >= 2;
-        let experts = n.contains(".experts.") && t.shape.len() == 3;
-        let base = if experts { 1 } else { 0 };
-        let tp_axis = if !matrix {
+        let experts = n.contains(".experts.") && matrix;
+        let base = 0;
+        let tp_axis = if !matrix || experts {
             None
         } else if n.contains("linear_qkv")
             || n.contains("linear_fc1")
