@@ -367,6 +367,41 @@ mod tests {
         assert_eq!(b.shape, vec![4, 4]);
     }
 
+    proptest::proptest! {
+        /// Whatever the layout, the ranks' boxes tile the global tensor: as many distinct boxes as the split
+        /// factors say, pairwise disjoint, each the same shape, covering every element.
+        #[test]
+        fn rank_boxes_tile_the_tensor(
+            dev in proptest::collection::vec(1usize..4, 1..4),
+            picks in proptest::collection::vec(0usize..5, 1..4),
+            mult in proptest::collection::vec(1usize..3, 3),
+            opt_axis in 0usize..4,
+        ) {
+            // tensor axis i takes device axis picks[i] if unused and in range, else is not split
+            let mut used = vec![false; dev.len()];
+            let tensor_map: Vec<Option<usize>> = picks.iter().map(|&p| {
+                if p < dev.len() && !used[p] { used[p] = true; Some(p) } else { None }
+            }).collect();
+            // optimizer sharding over one unused device axis (step = devices to its right)
+            let opt_shard = (opt_axis < dev.len() && !used[opt_axis] && dev[opt_axis] > 1)
+                .then(|| (dev[opt_axis + 1..].iter().product::<usize>(), dev[opt_axis]));
+            let l = ParamLayout { dev_matrix: dev.clone(), tensor_map, opt_shard, stages: vec![0] };
+            let f = l.factors();
+            let global: Vec<usize> = f.iter().zip(&mult).map(|(k, m)| k * m).collect();
+            let mut boxes: Vec<SliceBox> = (0..l.stage_devices()).map(|r| l.slice_of(r, &global)).collect();
+            boxes.sort();
+            boxes.dedup();
+            proptest::prop_assert_eq!(boxes.len(), f.iter().product::<usize>());
+            let mut seen = vec![0u8; global.iter().product()];
+            for b in &boxes {
+                crate::tensor::box_runs(&global, &b.offset, &b.shape, 1, |g, _| {
+                    for x in &mut seen[g] { *x += 1; }
+                });
+            }
+            proptest::prop_assert!(seen.iter().all(|&x| x == 1));
+        }
+    }
+
     #[test]
     fn decodes_what_it_encodes() {
         let m = ParallelStrategyMap {
