@@ -434,10 +434,7 @@ fn input(inputs: &[TensorEntry], i: usize) -> Result<&TensorEntry> {
 /// narrow of one): no tensor needed.
 fn borrowed<'a>(expr: &Expr, inputs: &'a [TensorEntry]) -> Option<&'a [u8]> {
     match expr {
-        Expr::Input(i) => match &inputs.get(*i)?.data.bytes() {
-            Cow::Borrowed(b) => Some(b),
-            Cow::Owned(_) => None,
-        },
+        Expr::Input(i) => inputs.get(*i)?.data.borrowed(),
         Expr::Reshape(src, _) => borrowed(src, inputs),
         Expr::Narrow {
             src,
@@ -680,10 +677,7 @@ fn gather_runs<'a>(
         match expr {
             Expr::Input(i) => {
                 let e = inputs.get(*i)?;
-                let b = match e.data.bytes() {
-                    Cow::Borrowed(b) => b,
-                    Cow::Owned(_) => return None,
-                };
+                let b = e.data.borrowed()?;
                 let shape = e.info.shape.clone();
                 Some((
                     b,

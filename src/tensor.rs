@@ -353,6 +353,31 @@ impl DataRef {
         }
     }
 
+    /// The tensor's row-major bytes when they lie contiguous in the backing, without materialising anything
+    /// (`None` when [`bytes`](Self::bytes) would have to build them).
+    pub fn borrowed(&self) -> Option<&[u8]> {
+        match self {
+            DataRef::Contiguous { backing, range } => Some(&backing.bytes()[range.clone()]),
+            DataRef::Chunks { backing, ranges } if ranges.len() == 1 => {
+                Some(&backing.bytes()[ranges[0].clone()])
+            }
+            DataRef::Chunks { .. } => None,
+            DataRef::Strided {
+                backing,
+                storage,
+                elem_size,
+                offset,
+                shape,
+                strides,
+            } => contiguous_range(*elem_size, *offset, shape, strides)
+                .map(|r| &backing.bytes()[storage.clone()][r]),
+            DataRef::Assembled { shape, pieces, .. } => match &pieces[..] {
+                [p] if p.shape == *shape => p.data.borrowed(),
+                _ => None,
+            },
+        }
+    }
+
     /// Byte length of the tensor's row-major data.
     pub fn len(&self) -> usize {
         match self {
@@ -500,6 +525,46 @@ mod tests {
         assert_eq!(DType::Bool.name(), "BOOL");
         assert_eq!(DType::BF16.size(), 2);
         assert!(DType::BF16.is_float() && !DType::I64.is_float());
+    }
+
+    #[test]
+    fn assembled_boxes_place_and_borrow() {
+        // a 4x4 u8 tensor from four 2x2 boxes
+        let full: Vec<u8> = (0..16).collect();
+        let mut pieces = Vec::new();
+        for (r, c) in [(0, 0), (0, 2), (2, 0), (2, 2)] {
+            let mut b = vec![0u8; 4];
+            cut_box(&full, &[4, 4], 1, &[r, c], &[2, 2], &mut b);
+            pieces.push(Placed {
+                data: DataRef::Contiguous {
+                    backing: Backing::owned(b),
+                    range: 0..4,
+                },
+                offset: vec![r, c],
+                shape: vec![2, 2],
+            });
+        }
+        let d = DataRef::Assembled {
+            elem_size: 1,
+            shape: vec![4, 4],
+            pieces,
+        };
+        assert!(d.borrowed().is_none());
+        assert_eq!(&*d.bytes(), &full[..]);
+        assert_eq!(d.len(), 16);
+        let whole = DataRef::Assembled {
+            elem_size: 1,
+            shape: vec![4, 4],
+            pieces: vec![Placed {
+                data: DataRef::Contiguous {
+                    backing: Backing::owned(full.clone()),
+                    range: 0..16,
+                },
+                offset: vec![0, 0],
+                shape: vec![4, 4],
+            }],
+        };
+        assert_eq!(whole.borrowed(), Some(&full[..]));
     }
 
     #[test]
