@@ -12,24 +12,7 @@ use crate::models::{self, HyperParams};
 use crate::ops::{Expr, Plan, PlanItem};
 use crate::tensor::{Checkpoint, DType, TensorInfo};
 
-/// Everything that defines one conversion (a `convert-weight` call or one `[[job]]` of a manifest).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct JobSpec {
-    /// Model family key or alias; `None` means a pure format conversion.
-    pub model: Option<String>,
-    pub input: PathBuf,
-    pub output: PathBuf,
-    pub reversed: bool,
-    /// Cast floating tensors to this dtype.
-    pub dtype: Option<DType>,
-    pub n_head: Option<usize>,
-    pub hidden_size: Option<usize>,
-    pub layers: Option<usize>,
-    /// `cpu`, `cuda`, `cuda:N` or `auto` (`None` = auto).
-    pub device: Option<String>,
-    /// Split the output into HF shards of at most this many bytes.
-    pub max_shard_size: Option<u64>,
-}
+pub use crate::options::JobSpec;
 
 /// Errors of one job, with the whole cause chain in `Display` of the chain (see [`error_chain`]).
 #[derive(Debug, thiserror::Error)]
@@ -567,6 +550,8 @@ impl Prepared {
 
     fn execute(self, ctl: &RunControl) -> Result<JobOutcome, ConvertError> {
         let compute = Compute::from_spec(self.device.as_deref()).map_err(|e| usage(e.0))?;
+        // Output files are hashed while they are written (never read back), on this thread.
+        let hashing = ctl.hash.then(crate::fsio::HashScope::enter);
         let mut writer = if self.target.sharded {
             formats::sharded::writer(
                 self.target.format,
@@ -655,10 +640,14 @@ impl Prepared {
                 .map_err(|e| formats::FormatError::io(&path, e))?
                 .len();
             bytes_written += bytes;
-            let sha256 = if ctl.hash {
-                Some(file_sha256(&path)?)
-            } else {
-                None
+            let sha256 = match &hashing {
+                None => None,
+                Some(scope) => match scope.take(&path) {
+                    Some(d) => Some(d),
+                    // No streamed digest (a writer rewrote bytes in a way fsio could not follow, e.g. a zip64
+                    // entry of 4 GiB or more): this one file is hashed from disk.
+                    None => Some(file_sha256(&path)?),
+                },
             };
             outputs.push(OutputFile {
                 path,
