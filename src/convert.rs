@@ -350,7 +350,11 @@ fn render(expr: &Expr, infos: &[TensorInfo]) -> String {
 
 impl Prepared {
     fn new(spec: &JobSpec) -> Result<Prepared, ConvertError> {
-        let source = formats::open_model(&spec.input)?;
+        let dist = formats::distributed::Options {
+            keep_optimizer: spec.keep_optimizer,
+            strategy: spec.strategy.clone(),
+        };
+        let source = formats::open_model_with(&spec.input, &dist)?;
         let infos = source.infos();
         let mut warnings = Vec::new();
         let mut config = None;

@@ -11,6 +11,7 @@
 //! output = "out/llama.ckpt"
 //! reversed = false      # optional
 //! dtype = "fp32"        # optional; n_head, hidden_size, layers, device, max_shard_size likewise
+//! keep_optimizer = true # optional, distributed inputs: keep optimizer state; strategy = "path" likewise
 //! ```
 //!
 //! Everything is checked before anything runs: unknown keys, bad values, duplicate names, two jobs writing one
@@ -84,6 +85,8 @@ struct RawJob {
     layers: Raw,
     device: Raw,
     max_shard_size: Raw,
+    keep_optimizer: Raw,
+    strategy: Raw,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -101,6 +104,8 @@ struct RawDefaults {
     layers: Raw,
     device: Raw,
     max_shard_size: Raw,
+    keep_optimizer: Raw,
+    strategy: Raw,
 }
 
 impl RawDefaults {
@@ -117,6 +122,8 @@ impl RawDefaults {
             layers: self.layers,
             device: self.device,
             max_shard_size: self.max_shard_size,
+            keep_optimizer: self.keep_optimizer,
+            strategy: self.strategy,
         }
     }
 }
@@ -143,6 +150,8 @@ fn merge(job: RawJob, d: &RawJob) -> RawJob {
         layers: job.layers.or_else(|| d.layers.clone()),
         device: job.device.or_else(|| d.device.clone()),
         max_shard_size: job.max_shard_size.or_else(|| d.max_shard_size.clone()),
+        keep_optimizer: job.keep_optimizer.or_else(|| d.keep_optimizer.clone()),
+        strategy: job.strategy.or_else(|| d.strategy.clone()),
     }
 }
 
@@ -376,6 +385,12 @@ impl JobBuilder<'_> {
             layers: self.positive("layers", &raw.layers)?,
             device,
             max_shard_size: self.size("max_shard_size", &raw.max_shard_size)?,
+            keep_optimizer: self
+                .boolean("keep_optimizer", &raw.keep_optimizer)?
+                .unwrap_or(false),
+            strategy: self
+                .string("strategy", &raw.strategy)?
+                .map(|(p, _)| resolve(self.base, &p)),
         };
         Ok(BatchJob { name, spec, line })
     }

@@ -26,6 +26,10 @@ pub struct JobSpec {
     pub device: Option<String>,
     /// Split the output into HF shards of at most this many bytes.
     pub max_shard_size: Option<u64>,
+    /// Distributed inputs: keep optimizer state (moments, step counters) instead of dropping it by named rules.
+    pub keep_optimizer: bool,
+    /// Distributed MindSpore inputs: the strategy file or per-stage folder, when it is not in the input's root.
+    pub strategy: Option<PathBuf>,
 }
 
 /// A value of a job option that cannot be used. The messages name the value, not where it came from: the CLI and

@@ -670,3 +670,81 @@ fn straight_to_hf_for_qwen3_and_qwen3_moe() {
         assert_eq!(inspect_rows(&dst), want, "{model}: straight to HF");
     }
 }
+
+// ---- the thin CLI / manifest layer ----
+
+#[test]
+fn cli_keep_optimizer_split_and_batch_manifest() {
+    let dir = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    // --keep-optimizer keeps Adam moments and global_step (equal to the framework's merge)
+    let root = dir.join("ms_dp2_tp2_opt");
+    let dst = tmp.path().join("all.safetensors");
+    let o = cw(&[
+        "--keep-optimizer",
+        "--input_path",
+        root.to_str().unwrap(),
+        "--output_path",
+        dst.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        inspect_rows(&dst),
+        rows_of_json(&root.join("framework_merge.tensors.json"))
+    );
+
+    // split by a per-stage strategy folder and by a MindFormers layout, both read back to the source
+    let source = dir.join("source/llama.ckpt");
+    let want = rows_of(&convert_weight::formats::open_file(&source).unwrap());
+    for (name, extra) in [
+        (
+            "by-strategy",
+            vec!["--strategy", "STRATEGY", "--format", "safetensors"],
+        ),
+        ("by-layout", vec!["--tp", "2", "--pp", "2"]),
+    ] {
+        let out = tmp.path().join(name);
+        let strategy = dir.join("ms_pp2_dp2_tp2_opt/strategy");
+        let mut args = vec!["split", source.to_str().unwrap(), out.to_str().unwrap()];
+        args.extend(extra.iter().map(|a| {
+            if *a == "STRATEGY" {
+                strategy.to_str().unwrap()
+            } else {
+                a
+            }
+        }));
+        let o = cw(&args);
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let back = distributed::open(&out, &Options::default()).unwrap();
+        assert_eq!(rows_of(&back), want, "{name}");
+        // a second split into the same (now full) folder is refused, nothing changed
+        let o = cw(&args);
+        assert!(!o.status.success(), "{name}: overwrote a full folder");
+    }
+
+    // convert-batch: keep_optimizer and strategy as manifest keys
+    let m = tmp.path().join("m.toml");
+    std::fs::write(
+        &m,
+        format!(
+            "[[job]]\ninput = \"{}\"\noutput = \"batch.safetensors\"\nkeep_optimizer = true\nstrategy = \"{}\"\n",
+            dir.join("ms_pp2_dp2_tp2_opt").display(),
+            dir.join("ms_pp2_dp2_tp2_opt/merged_layout.ckpt").display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_convert-batch"))
+        .current_dir(tmp.path())
+        .args(["m.toml", "--no-progress"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        inspect_rows(&tmp.path().join("batch.safetensors")),
+        rows_of_json(&dir.join("ms_pp2_dp2_tp2_opt/framework_merge.tensors.json"))
+    );
+}

@@ -413,3 +413,54 @@ pub fn mcore_placement(layers: usize, pp: usize) -> impl Fn(&TensorInfo) -> Plac
         }
     }
 }
+
+/// What [`run`] splits into.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// The per-rank files of a MindSpore strategy (file or per-stage folder), in `ckpt` or `safetensors`.
+    Strategy { path: PathBuf, format: OutputFormat },
+    /// A MindFormers 2.x layout with the default [`mcore_placement`]; `layers` defaults to the highest
+    /// `layers.{i}` index in the names plus one.
+    MindFormers {
+        layout: MfLayout,
+        layers: Option<usize>,
+    },
+}
+
+/// Layers of a checkpoint from its names (`…layers.{i}.…`): highest index + 1, at least 1.
+pub fn layers_in(source: &Checkpoint) -> usize {
+    source
+        .tensors
+        .iter()
+        .filter_map(|t| {
+            t.info
+                .name
+                .split("layers.")
+                .nth(1)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(1, |m| m + 1)
+}
+
+/// Read a full checkpoint (MindSpore names) at `source`, split it into `target` under `out`. Returns the files
+/// written; nothing is written on any error.
+pub fn run(source: &Path, out: &Path, target: &Target) -> Result<Vec<PathBuf>> {
+    let ck = crate::formats::open_model(source)?;
+    let ms = vec![("format".to_string(), "ms".to_string())];
+    match target {
+        Target::Strategy { path, format } => {
+            let st = Strategy::read(path)?;
+            let plan = plan_mindspore(&ck, &st, *format)?;
+            write(&ck, &plan, out, &ms)
+        }
+        Target::MindFormers { layout, layers } => {
+            let place = mcore_placement(layers.unwrap_or_else(|| layers_in(&ck)), layout.pp);
+            let plan = plan_mindformers(&ck, *layout, &place)?;
+            write(&ck, &plan, out, &ms)
+        }
+    }
+}
