@@ -310,8 +310,16 @@ pub fn write(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = tempfile::Builder::new()
-        .prefix(&temp_prefix(&name))
+    let prefix = temp_prefix(&name);
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The mode of a plain `mkdir` (the umask applies), not tempfile's private 0700.
+        builder.permissions(std::fs::Permissions::from_mode(0o777));
+    }
+    let tmp = builder
         .tempdir_in(&parent)
         .map_err(|e| FormatError::io(out, e))?;
     let format = plan.format.unwrap_or(OutputFormat::Safetensors);
@@ -354,10 +362,7 @@ pub fn write(
     }
     for (rel, bytes) in &plan.extra {
         let path = tmp.path().join(rel);
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(|e| FormatError::io(d, e))?;
-        }
-        std::fs::write(&path, bytes).map_err(|e| FormatError::io(&path, e))?;
+        crate::fsio::write_atomic(&path, bytes).map_err(|e| FormatError::io(&path, e.source))?;
         written.push(out.join(rel));
     }
     let kept = tmp.keep();
@@ -365,6 +370,7 @@ pub fn write(
         let _ = std::fs::remove_dir_all(&kept);
         FormatError::io(out, e)
     })?;
+    crate::fsio::sync_dir(&parent).map_err(|e| FormatError::io(&parent, e.source))?;
     Ok(written)
 }
 
