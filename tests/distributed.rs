@@ -575,9 +575,7 @@ fn hundreds_of_ranks_merge_under_a_small_descriptor_limit() {
     let out = tmp.path().join("merged.safetensors");
     let o = Command::new("sh")
         .arg("-c")
-        .arg(format!(
-            "ulimit -n 32 && exec \"$0\" --input_path \"$1\" --output_path \"$2\""
-        ))
+        .arg("ulimit -n 32 && exec \"$0\" --input_path \"$1\" --output_path \"$2\"")
         .arg(env!("CARGO_BIN_EXE_convert-weight"))
         .arg(&root)
         .arg(&out)
