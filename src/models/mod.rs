@@ -42,7 +42,7 @@ families! {
 pub enum ModelError {
     #[error("unknown model '{0}' (see --list-models)")]
     UnknownModel(String),
-    #[error("{family}: {} input tensor(s) match no rule: {}", names.len(), names.join(", "))]
+    #[error("{family}: {} input tensor(s) match no rule: {}", names.len(), first_names(names, 3))]
     Unmapped { family: String, names: Vec<String> },
     #[error("{family}: tensor '{tensor}': {msg}")]
     Tensor {
@@ -54,6 +54,20 @@ pub enum ModelError {
     Other { family: String, msg: String },
     #[error("hyper-parameter {name}: {msg}")]
     Hyper { name: String, msg: String },
+}
+
+/// The first `k` names, then how many more: `a, b, c and 12 more`.
+pub fn first_names(names: &[String], k: usize) -> String {
+    let mut s = names
+        .iter()
+        .take(k)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > k {
+        s.push_str(&format!(" and {} more", names.len() - k));
+    }
+    s
 }
 
 /// Hyper-parameters a family may need. `None` means unknown (neither config.json nor a flag gave it).
@@ -74,6 +88,8 @@ pub struct HyperParams {
     pub first_k_dense: Option<usize>,
     /// ... and after them every `moe_layer_freq`-th layer is MoE (`moe_layer_freq`, `decoder_sparse_step`).
     pub moe_layer_freq: Option<usize>,
+    /// Every top-level non-negative integer of config.json, by key (for [`Hyper::Key`]: `q_lora_rank`, …).
+    pub extra: std::collections::BTreeMap<String, usize>,
 }
 
 /// config.json spellings of each hyper-parameter (formats spec §3.3), first match wins.
@@ -121,6 +137,14 @@ impl HyperParams {
             moe_ffn_hidden: config_usize(config, MOE_FFN_KEYS),
             first_k_dense: config_usize(config, FIRST_DENSE_KEYS),
             moe_layer_freq: config_usize(config, MOE_FREQ_KEYS),
+            extra: config
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| v.as_u64().map(|n| (k.clone(), n as usize)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -191,12 +215,19 @@ impl HyperParams {
             Hyper::Experts => self.n_experts,
             Hyper::FfnHidden => self.ffn_hidden,
             Hyper::MoeFfnHidden => self.moe_ffn_hidden,
+            Hyper::Key(k) => self.extra.get(k).copied(),
         }
     }
 
     /// One hyper-parameter, or an error saying that `family` needs it.
     pub fn require(&self, h: Hyper, family: &str) -> Result<usize, ModelError> {
-        Self::need(self.get(h), h.flag(), family)
+        match h {
+            Hyper::Key(k) => self.get(h).ok_or_else(|| ModelError::Hyper {
+                name: k.into(),
+                msg: format!("{family} needs it: give it in a config.json beside the weights"),
+            }),
+            _ => Self::need(self.get(h), h.flag(), family),
+        }
     }
 }
 
@@ -211,6 +242,8 @@ pub enum Hyper {
     Experts,
     FfnHidden,
     MoeFfnHidden,
+    /// Any other integer of config.json, by its key (e.g. `Hyper::Key("q_lora_rank")`).
+    Key(&'static str),
 }
 
 impl Hyper {
@@ -225,6 +258,7 @@ impl Hyper {
             Hyper::Experts => "n_experts",
             Hyper::FfnHidden => "ffn_hidden_size",
             Hyper::MoeFfnHidden => "moe_ffn_hidden_size",
+            Hyper::Key(k) => k,
         }
     }
 }

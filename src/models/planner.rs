@@ -155,6 +155,18 @@ pub fn plan(
     Ok(out)
 }
 
+/// How many of `inputs` some rule of `family` accepts in a direction (renamed, fused or dropped): a cheap score of
+/// how well a family fits a checkpoint, for hints when names do not match.
+pub fn matched(family: &Family, inputs: &[TensorInfo], reversed: bool) -> usize {
+    let Ok(rules) = compile(family, reversed) else {
+        return 0;
+    };
+    inputs
+        .iter()
+        .filter(|t| match_rule(&rules, &t.name, reversed).is_some())
+        .count()
+}
+
 // ------------------------------------------------------------------------------------------------------------------
 // Context
 
@@ -660,6 +672,26 @@ fn split_extents(
                     }
                     Ok(vec![part; n])
                 }
+                Sizes::Leading(hs) => {
+                    if hs.len() + 1 != n {
+                        return Err(
+                            ctx.rule_err(format!("{} leading sizes for {n} parts", hs.len()))
+                        );
+                    }
+                    let mut v = Vec::with_capacity(n);
+                    for h in hs {
+                        v.push(ctx.need(*h)?);
+                    }
+                    let lead: usize = v.iter().sum();
+                    let rest = len.checked_sub(lead).filter(|r| *r > 0).ok_or_else(|| {
+                        err(format!(
+                            "dim {dim} of shape {shape:?} is {len}, not more than the leading parts {v:?} ({})",
+                            hs.iter().map(|h| h.flag()).collect::<Vec<_>>().join(" + ")
+                        ))
+                    })?;
+                    v.push(rest);
+                    Ok(v)
+                }
                 Sizes::Qkv => {
                     let q = q_rows(ctx).ok_or_else(|| ModelError::Hyper {
                         name: "hidden_size".into(),
@@ -788,6 +820,18 @@ fn check_fuse(
                             return Err(err(format!(
                                 "part '{}' has {} along dim {dim}, expected hidden_size {h}",
                                 names[0], first[dim]
+                            )));
+                        }
+                    }
+                }
+                Sizes::Leading(hs) => {
+                    for ((p, s), h) in shapes.iter().enumerate().zip(hs.iter()) {
+                        let want = ctx.need(*h)?;
+                        if s.get(dim) != Some(&want) {
+                            return Err(err(format!(
+                                "part '{}' has shape {s:?}, expected {want} ({}) along dim {dim}",
+                                names[p],
+                                h.flag()
                             )));
                         }
                     }
@@ -1430,6 +1474,36 @@ mod tests {
         };
         let e = F.forward(&inputs, &kv).unwrap_err().to_string();
         assert!(e.contains("n_kv_head"), "{e}");
+    }
+
+    #[test]
+    fn leading_sizes_come_from_config_keys() {
+        const F: Family = Family {
+            name: "t-lead",
+            rules: &[&[fuse(
+                &["q_a.weight", "kv_a.weight"],
+                "qkv_down.weight",
+                Op::concat(Axis::First).sized(Sizes::Leading(&[Hyper::Key("q_lora_rank")])),
+            )]],
+            ..Family::BASE
+        };
+        let inputs = vec![t("q_a.weight", &[3, 4]), t("kv_a.weight", &[5, 4])];
+        let cfg = serde_json::json!({"q_lora_rank": 3, "hidden_size": 4});
+        let h = HyperParams::from_config(&cfg);
+        let fwd = round_trip(&F, &inputs, &h);
+        assert_eq!(
+            item(&fwd, "qkv_down.weight").expr,
+            Expr::Concat(vec![Expr::input(0), Expr::input(1)], 0)
+        );
+        // the split needs the key; a fuse checks it
+        let outs = vec![t("qkv_down.weight", &[8, 4])];
+        let e = F.reverse(&outs, &HyperParams::default()).unwrap_err();
+        assert!(
+            matches!(e, ModelError::Hyper { ref name, .. } if name == "q_lora_rank"),
+            "{e}"
+        );
+        let wrong = HyperParams::from_config(&serde_json::json!({"q_lora_rank": 2}));
+        assert!(F.forward(&inputs, &wrong).is_err());
     }
 
     #[test]

@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
+pub use crate::models::Hyper;
 pub use crate::ops::{Axis, Layout};
 
 /// How the extents of split parts are found (fusing needs no sizes: the parts have them; they are checked).
@@ -39,6 +40,9 @@ pub enum Sizes {
     /// hidden / n_head; with neither, q has `hidden_size` rows); k and v share the rest, checked against
     /// `n_kv_head·head_dim` when known (multi-/grouped-query fused q/k/v, e.g. wizardcoder's `c_attn`).
     Qkv,
+    /// The leading parts have the extents of these hyper-parameters (needed), the last part the rest (non-empty):
+    /// e.g. `Sizes::Leading(&[Hyper::Key("q_lora_rank")])` cuts `[q_lora_rank | rest]`. Fusing checks them.
+    Leading(&'static [Hyper]),
 }
 
 /// Experts stacked into one tensor (the side of the rule without `{e}`).
