@@ -57,6 +57,10 @@ pub struct SpecRecord {
     pub keep_optimizer: bool,
     #[serde(default)]
     pub strategy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_layout: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dict_key: Option<String>,
 }
 
 impl SpecRecord {
@@ -76,6 +80,8 @@ impl SpecRecord {
                 .strategy
                 .as_deref()
                 .map(|p| absolute(p).display().to_string()),
+            mlp_layout: spec.mlp_layout,
+            state_dict_key: spec.state_dict_key.clone(),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod convert;
 pub mod exec;
 pub mod fingerprint;
 pub mod formats;
+pub mod fp8;
 pub mod fsio;
 pub mod golden;
 pub mod inspect;

@@ -27,6 +27,12 @@ pub enum DType {
     U32,
     U64,
     Bool,
+    /// FP8 e4m3fn (OCP; torch `float8_e4m3fn`): bias 7, no infinities, `S.1111.111` is NaN.
+    F8E4M3,
+    /// FP8 e5m2 (OCP; torch `float8_e5m2`): bias 15, IEEE-like infinities and NaNs.
+    F8E5M2,
+    /// FP8 e8m0fnu (OCP MX scale; torch `float8_e8m0fnu`): an unsigned power of two 2^(e-127), 0xFF is NaN.
+    F8E8M0,
 }
 
 /// One row per dtype: (dtype, canonical name, element size, is float).
@@ -44,10 +50,15 @@ const DTYPES: &[(DType, &str, usize, bool)] = &[
     (DType::U32, "U32", 4, false),
     (DType::U64, "U64", 8, false),
     (DType::Bool, "BOOL", 1, false),
+    // FP8 is not "float" for casts: its bytes move as they are, and only an explicit decode or block
+    // dequantisation (crate::fp8) turns it into numbers.
+    (DType::F8E4M3, "F8_E4M3", 1, false),
+    (DType::F8E5M2, "F8_E5M2", 1, false),
+    (DType::F8E8M0, "F8_E8M0", 1, false),
 ];
 
 impl DType {
-    pub const ALL: [DType; 13] = [
+    pub const ALL: [DType; 16] = [
         DType::F64,
         DType::F32,
         DType::F16,
@@ -61,6 +72,9 @@ impl DType {
         DType::U32,
         DType::U64,
         DType::Bool,
+        DType::F8E4M3,
+        DType::F8E5M2,
+        DType::F8E8M0,
     ];
 
     fn row(self) -> &'static (DType, &'static str, usize, bool) {
@@ -70,7 +84,8 @@ impl DType {
             .expect("every dtype has a row")
     }
 
-    /// Canonical name: `F64 F32 F16 BF16 I64 I32 I16 I8 U8 U16 U32 U64 BOOL` (also safetensors' spelling).
+    /// Canonical name: `F64 F32 F16 BF16 I64 I32 I16 I8 U8 U16 U32 U64 BOOL F8_E4M3 F8_E5M2 F8_E8M0` (also
+    /// safetensors' spelling).
     pub fn name(self) -> &'static str {
         self.row().1
     }
@@ -80,8 +95,16 @@ impl DType {
         self.row().2
     }
 
+    /// Floating dtypes that casts (`--dtype`, `Expr::Cast`) work on. FP8 is not one of them (see [`is_fp8`]).
+    ///
+    /// [`is_fp8`]: Self::is_fp8
     pub fn is_float(self) -> bool {
         self.row().3
+    }
+
+    /// The 8-bit floating formats (e4m3fn, e5m2, e8m0fnu).
+    pub fn is_fp8(self) -> bool {
+        matches!(self, DType::F8E4M3 | DType::F8E5M2 | DType::F8E8M0)
     }
 
     /// Parse the canonical name (as written by `name`).
@@ -501,6 +524,8 @@ pub struct Checkpoint {
     pub files: Vec<PathBuf>,
     /// Format metadata (safetensors `__metadata__`), if any.
     pub metadata: Vec<(String, String)>,
+    /// Reader notes for the user: which dict of a training checkpoint was read and what was left out.
+    pub notes: Vec<String>,
 }
 
 impl Checkpoint {
@@ -525,6 +550,9 @@ mod tests {
         assert_eq!(DType::Bool.name(), "BOOL");
         assert_eq!(DType::BF16.size(), 2);
         assert!(DType::BF16.is_float() && !DType::I64.is_float());
+        assert_eq!(DType::from_name("F8_E4M3"), Some(DType::F8E4M3));
+        assert_eq!(DType::F8E8M0.name(), "F8_E8M0");
+        assert!(DType::F8E5M2.is_fp8() && !DType::F8E5M2.is_float() && DType::F8E5M2.size() == 1);
     }
 
     #[test]

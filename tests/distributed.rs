@@ -624,10 +624,8 @@ fn mcore_checkpoints_split_by_tp_pp_ep_and_merge_back() {
     eprintln!("{n} mcore checkpoints split and merged back");
 }
 
-/// Straight to HF from a MindFormers 2.x layout of qwen3 / qwen3_moe: needs the qwen3 families (the mcore-rust
-/// work); un-ignore once `convert-weight --list-models` lists them.
+/// Straight to HF from a MindFormers 2.x layout (tp2/pp2/ep2) of qwen3 / qwen3_moe equals the reference's reverse.
 #[test]
-#[ignore = "needs the qwen3 / qwen3_moe families (mcore-rust branch)"]
 fn straight_to_hf_for_qwen3_and_qwen3_moe() {
     use convert_weight::formats::{distributed::split, open_file};
     for (model, variant) in [("qwen3_moe", "qwen3_moe/bf16"), ("qwen3", "qwen3/f16_tied")] {

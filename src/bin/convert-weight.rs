@@ -50,6 +50,9 @@ struct TuneArgs {
     /// Compute device: cpu, cuda, cuda:N or auto (CUDA when built with `--features cuda` and a GPU is present).
     #[arg(long, value_parser = options::parse_device)]
     device: Option<String>,
+    /// MindFormers 2.x gate/up (`linear_fc1`) layout: interleaved (2.1.0, the default) or contiguous (2.0.0).
+    #[arg(long = "mlp-layout", alias = "mlp_layout", value_parser = options::parse_mlp_layout)]
+    mlp_layout: Option<bool>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -98,6 +101,10 @@ struct ConvertArgs {
     /// the input folder).
     #[arg(long)]
     strategy: Option<PathBuf>,
+    /// torch training checkpoints: read the state dict under this key (`ema`, or nested as `outer/inner`) instead
+    /// of the one chosen by its usual name (`state_dict`, `model_state_dict`, `model`...).
+    #[arg(long = "state-dict-key", alias = "state_dict_key")]
+    state_dict_key: Option<String>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -176,6 +183,7 @@ fn spec_from(
         hidden_size: t.hidden_size,
         layers: t.layers,
         device: t.device.clone(),
+        mlp_layout: t.mlp_layout,
         ..JobSpec::default()
     }
 }
@@ -189,7 +197,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             } else {
                 format!("{} (alias {})", f.name(), f.aliases().join(", "))
             };
-            println!("{name:<28}{}", f.describe());
+            println!("{name:<36} {:<6} {}", f.generation.as_str(), f.describe());
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -267,6 +275,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             spec.max_shard_size = c.max_shard_size;
             spec.keep_optimizer = c.keep_optimizer;
             spec.strategy = c.strategy;
+            spec.state_dict_key = c.state_dict_key;
             if cli.dry_run {
                 let plan = convert::plan(&spec).map_err(chain)?;
                 for line in &plan.lines {

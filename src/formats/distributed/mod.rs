@@ -27,7 +27,7 @@ use crate::tensor::{
 };
 
 /// How to read a distributed checkpoint.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Options {
     /// Keep optimizer state (moments, accumulated gradients, step counters) instead of dropping it.
     pub keep_optimizer: bool,
@@ -374,6 +374,7 @@ fn finish(
             others,
             files,
             metadata,
+            notes: Vec::new(),
         },
         covs,
     ))
