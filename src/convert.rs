@@ -350,13 +350,13 @@ fn check_not_overwriting(source: &Checkpoint, target: &Target) -> Result<(), Con
 fn open(spec: &JobSpec) -> Result<Opened, ConvertError> {
     let read = formats::ReadOptions {
         state_dict_key: spec.state_dict_key.clone(),
-        // Distributed inputs (rank folders, MindFormers 2.x) take these two options; other inputs ignore them.
-        distributed: formats::distributed::Options {
-            keep_optimizer: spec.keep_optimizer,
-            strategy: spec.strategy.clone(),
-        },
     };
-    let source = formats::open_model_with(&spec.input, &read)?;
+    // Distributed inputs (rank folders, MindFormers 2.x) take these two options; other inputs ignore them.
+    let dist = formats::distributed::Options {
+        keep_optimizer: spec.keep_optimizer,
+        strategy: spec.strategy.clone(),
+    };
+    let source = formats::open_input(&spec.input, &read, &dist)?;
     let Some(name) = &spec.model else {
         return Ok(Opened {
             source,

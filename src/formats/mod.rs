@@ -166,8 +166,6 @@ pub struct ReadOptions {
     /// torch training checkpoints: the entry holding the model's state dict (`model_state_dict`, `ema`...; a
     /// nested one as `outer/inner`). `None`: chosen by the usual names, with a note saying which.
     pub state_dict_key: Option<String>,
-    /// Distributed checkpoints (rank folders, MindFormers 2.x): optimizer state and strategy file.
-    pub distributed: distributed::Options,
 }
 
 /// Read exactly one weight file. An index json reads every shard it names.
@@ -211,6 +209,15 @@ pub fn open_model(path: &Path) -> Result<Checkpoint> {
 
 /// [`open_model`] with reader options (a state dict key applies to a single torch file, and is refused otherwise).
 pub fn open_model_with(path: &Path, opts: &ReadOptions) -> Result<Checkpoint> {
+    open_input(path, opts, &distributed::Options::default())
+}
+
+/// [`open_model_with`], plus the options of distributed checkpoints (optimizer state, strategy file).
+pub fn open_input(
+    path: &Path,
+    opts: &ReadOptions,
+    dist: &distributed::Options,
+) -> Result<Checkpoint> {
     // Distributed checkpoints (rank_N/ folders + strategy, MindFormers 2.x metadata.json): one separate branch.
     if distributed::detect(path).is_some() {
         if opts.state_dict_key.is_some() {
@@ -219,7 +226,7 @@ pub fn open_model_with(path: &Path, opts: &ReadOptions) -> Result<Checkpoint> {
                 "a state dict key was given, but a distributed checkpoint holds plain per-rank files",
             ));
         }
-        return distributed::open(path, &opts.distributed);
+        return distributed::open(path, dist);
     }
     match sharded::resolve(path)? {
         sharded::Resolved::Index(index) if opts.state_dict_key.is_some() => {
