@@ -188,6 +188,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 }
 
 fn main() -> ExitCode {
+    // A CUDA build installed beside this one takes over on GPU machines (see src/device.rs).
+    convert_weight::device::reexec_cuda_build_if_present();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
