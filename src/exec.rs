@@ -80,6 +80,12 @@ impl Compute {
                 overflowed: 0,
             });
         }
+        #[cfg(feature = "cuda")]
+        if !matches!(self.device, Device::Cpu)
+            && !crate::exec_cuda::device_can_hold(expr, &|i| inputs.get(i).map(|e| e.info.dtype))
+        {
+            return Compute::cpu().eval_reusing(expr, inputs, scratch);
+        }
         // Every fast path overwrites all of `out`: keep its length so that resizing does not zero it again.
         let mut out = scratch;
         let mut overflowed = 0u64;

@@ -466,3 +466,17 @@ fn par_copy(dst: &mut [u8], src: &[u8]) {
         .zip(src.par_chunks(PIECE))
         .for_each(|(d, s)| d.copy_from_slice(s));
 }
+
+/// Whether candle's CUDA backend has copy kernels for every dtype in `expr` (it has none for the 16- and 32-bit
+/// signed carriers, i.e. our I16/U16/I32): trees that touch those are evaluated on the host instead.
+pub fn device_can_hold(expr: &crate::ops::Expr, dtype_of: &dyn Fn(usize) -> Option<DType>) -> bool {
+    use crate::ops::Expr;
+    let ok = |d: DType| !matches!(d, DType::I16 | DType::U16 | DType::I32);
+    match expr {
+        Expr::Input(i) => dtype_of(*i).is_some_and(ok),
+        Expr::Zeros(_, d) => ok(*d),
+        Expr::Reshape(s, _) | Expr::Transpose(s) | Expr::Cast(s, _) => device_can_hold(s, dtype_of),
+        Expr::Narrow { src, .. } => device_can_hold(src, dtype_of),
+        Expr::Concat(parts, _) => parts.iter().all(|p| device_can_hold(p, dtype_of)),
+    }
+}

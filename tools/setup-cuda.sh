@@ -11,6 +11,8 @@
 #   $CUDA_SETUP_DIR/current -> cuda-<ver>                what tools/cuda-env.sh uses
 # Which toolkit: $CUDA_SETUP_VERSION = 13.4 (default; the newest that candle 0.11's cudarc 0.19 knows) or 12.8 (for
 # GPU machines whose driver predates CUDA 13: PTX from a newer nvcc does not load on an older driver).
+# Offline machines: CUDA_WHEELS_DIR=<folder of the .whl files> installs from there only (pip --no-index); fill it
+# elsewhere with `pip download --no-deps -d <folder> <the packages below>`.
 # Idempotent: a second run with the same version checks a stamp and the files, and does nothing.
 # Prints nothing but errors (the pip log is shown when pip fails).
 set -euo pipefail
@@ -71,8 +73,10 @@ tmp=$(mktemp -d "$dir/.tmp.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
 # 1. The wheels (pip resolves nothing else: --no-deps, every package is listed).
+offline=()
+[ -n "${CUDA_WHEELS_DIR:-}" ] && offline=(--no-index --find-links "$CUDA_WHEELS_DIR")
 if ! "$python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location --no-deps \
-        --target "$tmp/pip" "${pkgs[@]}" >"$tmp/pip.log" 2>&1; then
+        "${offline[@]}" --target "$tmp/pip" "${pkgs[@]}" >"$tmp/pip.log" 2>&1; then
     cat "$tmp/pip.log" >&2
     echo "setup-cuda.sh: pip install failed (packages: ${pkgs[*]})" >&2
     exit 1
