@@ -27,11 +27,12 @@ fn gpu(test: &str) -> Option<Compute> {
                 panic!("{test}: CONVERT_WEIGHT_REQUIRE_GPU=1 but no CUDA device: {}", e.0);
             }
             let k = SKIPPED.fetch_add(1, Ordering::SeqCst) + 1;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED (no CUDA device) gpu::{test}: {} [{k} of {TESTS} GPU tests skipped so far]",
+            // One write, straight to the terminal: not captured by the harness, not interleaved with others.
+            let line = format!(
+                "SKIPPED (no CUDA device) gpu::{test}: {} [{k} of {TESTS} GPU tests skipped so far]\n",
                 e.0
             );
+            let _ = std::io::stderr().write_all(line.as_bytes());
             None
         }
     }
