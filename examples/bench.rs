@@ -881,7 +881,10 @@ fn run(args: Args) -> Result<bool, String> {
         .as_deref()
         .map(|s| s.split(',').map(|w| w.trim().to_string()).collect())
         .unwrap_or_default();
-    if let Some(k) = keys.iter().find(|k| !INPUTS.iter().any(|d| d.key == k.as_str())) {
+    if let Some(k) = keys
+        .iter()
+        .find(|k| !INPUTS.iter().any(|d| d.key == k.as_str()))
+    {
         return Err(format!("--inputs: unknown input '{k}'"));
     }
     let selected: Vec<&InputDef> = INPUTS

@@ -106,7 +106,11 @@ fn open_cuda(n: usize) -> Result<Device, String> {
 }
 
 fn one_line(s: &str) -> String {
-    let first = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let first = s
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     first.to_string()
 }
 

@@ -202,7 +202,12 @@ impl candle_core::CustomOp1 for GpuCast {
             (Some(f), Some(t)) => cast_kernel(f, t),
             _ => None,
         }
-        .ok_or_else(|| msg(format!("cw-gpu-cast: no kernel for {from:?} -> {:?}", self.to)))?;
+        .ok_or_else(|| {
+            msg(format!(
+                "cw-gpu-cast: no kernel for {from:?} -> {:?}",
+                self.to
+            ))
+        })?;
         let dev: CudaDevice = storage.device().clone();
         let n = end - start;
         let func = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
@@ -373,28 +378,26 @@ pub fn stream_cast(
     let drv = |e: cudarc::driver::DriverError| format!("CUDA cast: {e}");
 
     // Wait for slot `k`'s chunk, copy it out of the page-locked buffer, count its new infinities.
-    let mut finish = |k: usize,
-                      p: &mut [Option<(usize, usize)>; 2],
-                      out: &mut Vec<u8>|
-     -> Result<(), String> {
-        let Some((start, count)) = p[k].take() else {
-            return Ok(());
-        };
-        let s = &bufs.slots[k];
-        // SAFETY: the stream's copies into h_out are complete after synchronize; h_out holds SLOT_BYTES.
-        unsafe { cu::stream::synchronize(s.stream) }.map_err(drv)?;
-        let src = unsafe { std::slice::from_raw_parts(s.h_out, count * es_out) };
-        let dst = &mut out[start * es_out..(start + count) * es_out];
-        par_copy(dst, src);
-        if check {
-            let o = crate::exec::count_inf_in(dst, to);
-            if o > 0 {
-                let i = &input[start * es_in..(start + count) * es_in];
-                overflowed += o.saturating_sub(crate::exec::count_inf_in(i, from));
+    let mut finish =
+        |k: usize, p: &mut [Option<(usize, usize)>; 2], out: &mut Vec<u8>| -> Result<(), String> {
+            let Some((start, count)) = p[k].take() else {
+                return Ok(());
+            };
+            let s = &bufs.slots[k];
+            // SAFETY: the stream's copies into h_out are complete after synchronize; h_out holds SLOT_BYTES.
+            unsafe { cu::stream::synchronize(s.stream) }.map_err(drv)?;
+            let src = unsafe { std::slice::from_raw_parts(s.h_out, count * es_out) };
+            let dst = &mut out[start * es_out..(start + count) * es_out];
+            par_copy(dst, src);
+            if check {
+                let o = crate::exec::count_inf_in(dst, to);
+                if o > 0 {
+                    let i = &input[start * es_in..(start + count) * es_in];
+                    overflowed += o.saturating_sub(crate::exec::count_inf_in(i, from));
+                }
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
 
     let mut result = Ok(());
     for (c, start) in (0..n).step_by(CHUNK_ELEMS).enumerate() {

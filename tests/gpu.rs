@@ -24,7 +24,10 @@ fn gpu(test: &str) -> Option<Compute> {
         Ok(c) => Some(c),
         Err(e) => {
             if std::env::var_os("CONVERT_WEIGHT_REQUIRE_GPU").is_some_and(|v| v == "1") {
-                panic!("{test}: CONVERT_WEIGHT_REQUIRE_GPU=1 but no CUDA device: {}", e.0);
+                panic!(
+                    "{test}: CONVERT_WEIGHT_REQUIRE_GPU=1 but no CUDA device: {}",
+                    e.0
+                );
             }
             let k = SKIPPED.fetch_add(1, Ordering::SeqCst) + 1;
             // One write, straight to the terminal: not captured by the harness, not interleaved with others.
@@ -100,8 +103,21 @@ fn cast_inputs() -> Vec<(DType, Vec<u8>)> {
         .map(|x| x.wrapping_mul(0x9E37_79B9))
         .collect();
     words.extend([
-        0x3F80_8000, 0x3F81_8000, 0x7F7F_FFFF, 0x477F_F000, 0x477F_EFFF, 1, 0x0080_0000, 0x3380_0000,
-        0x3380_0001, 0x387F_E000, 0x7F80_0000, 0xFF80_0000, 0x8000_0000, 0x7F80_0001, 0xFFC0_1234,
+        0x3F80_8000,
+        0x3F81_8000,
+        0x7F7F_FFFF,
+        0x477F_F000,
+        0x477F_EFFF,
+        1,
+        0x0080_0000,
+        0x3380_0000,
+        0x3380_0001,
+        0x387F_E000,
+        0x7F80_0000,
+        0xFF80_0000,
+        0x8000_0000,
+        0x7F80_0001,
+        0xFFC0_1234,
         0x7FBF_FFFF,
     ]);
     let f32s: Vec<u8> = words.iter().flat_map(|b| b.to_le_bytes()).collect();
@@ -128,9 +144,17 @@ fn casts_every_float_direction_every_bit_pattern() {
         let inputs = vec![entry("x", from, vec![len], bytes)];
         for to in FLOATS {
             // streamed (a cast of a host input) and in a tree (after a device-side reshape + transpose)
-            same(&g, &format!("{from}->{to}"), &Expr::input(0).cast(to), &inputs);
+            same(
+                &g,
+                &format!("{from}->{to}"),
+                &Expr::input(0).cast(to),
+                &inputs,
+            );
             if len % 4 == 0 {
-                let tree = Expr::input(0).reshape(vec![4, len / 4]).transpose().cast(to);
+                let tree = Expr::input(0)
+                    .reshape(vec![4, len / 4])
+                    .transpose()
+                    .cast(to);
                 same(&g, &format!("{from}->{to} after transpose"), &tree, &inputs);
             }
             n += 1;
@@ -147,7 +171,9 @@ fn streamed_cast_over_several_chunks() {
     };
     // 8 Mi elements per chunk: three chunks and a ragged tail, with overflowing values in several chunks.
     let n = 3 * (8 << 20) + 12_345;
-    let mut v: Vec<f32> = (0..n).map(|i| ((i % 100_003) as f32 - 50_000.0) * 1.37).collect();
+    let mut v: Vec<f32> = (0..n)
+        .map(|i| ((i % 100_003) as f32 - 50_000.0) * 1.37)
+        .collect();
     for k in [7, 9 << 20, 17 << 20, n - 2] {
         v[k] = 1.0e6;
     }
@@ -155,7 +181,12 @@ fn streamed_cast_over_several_chunks() {
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
     let inputs = vec![entry("x", DType::F32, vec![n], bytes)];
     for to in [DType::F16, DType::BF16] {
-        same(&g, &format!("f32->{to} ({n} elements)"), &Expr::input(0).cast(to), &inputs);
+        same(
+            &g,
+            &format!("f32->{to} ({n} elements)"),
+            &Expr::input(0).cast(to),
+            &inputs,
+        );
     }
     let half = Compute::cpu()
         .eval(&Expr::input(0).cast(DType::BF16), &inputs)
@@ -163,8 +194,18 @@ fn streamed_cast_over_several_chunks() {
         .bytes
         .into_owned();
     let inputs = vec![entry("h", DType::BF16, vec![n], half)];
-    same(&g, "bf16->f16 (large)", &Expr::input(0).cast(DType::F16), &inputs);
-    same(&g, "bf16->f32 (large)", &Expr::input(0).cast(DType::F32), &inputs);
+    same(
+        &g,
+        "bf16->f16 (large)",
+        &Expr::input(0).cast(DType::F16),
+        &inputs,
+    );
+    same(
+        &g,
+        "bf16->f32 (large)",
+        &Expr::input(0).cast(DType::F32),
+        &inputs,
+    );
 }
 
 #[test]
@@ -183,8 +224,14 @@ fn movement_of_every_dtype() {
             ("transpose", Expr::input(0).transpose()),
             ("row narrow", Expr::input(0).narrow(0, 8, 40)),
             ("column narrow", Expr::input(0).narrow(1, 4, 12)),
-            ("concat dim 0", Expr::Concat(vec![Expr::input(0), Expr::input(1)], 0)),
-            ("concat dim 1", Expr::Concat(vec![Expr::input(0), Expr::input(1)], 1)),
+            (
+                "concat dim 0",
+                Expr::Concat(vec![Expr::input(0), Expr::input(1)], 0),
+            ),
+            (
+                "concat dim 1",
+                Expr::Concat(vec![Expr::input(0), Expr::input(1)], 1),
+            ),
             ("zeros", Expr::Zeros(vec![3, 5], d)),
             (
                 "transpose of a narrow",
@@ -205,7 +252,12 @@ fn head_splits_and_interleaves() {
     };
     let (nh, hd, h) = (8, 16, 128);
     for d in [DType::F32, DType::F16, DType::BF16] {
-        let qkv = entry("qkv", d, vec![3 * nh * hd, h], pattern(3 * nh * hd * h * d.size(), 3));
+        let qkv = entry(
+            "qkv",
+            d,
+            vec![3 * nh * hd, h],
+            pattern(3 * nh * hd * h * d.size(), 3),
+        );
         let q = entry("q", d, vec![nh * hd, h], pattern(nh * hd * h * d.size(), 4));
         let k = entry("k", d, vec![nh * hd, h], pattern(nh * hd * h * d.size(), 5));
         let v = entry("v", d, vec![nh * hd, h], pattern(nh * hd * h * d.size(), 6));
@@ -217,9 +269,19 @@ fn head_splits_and_interleaves() {
                 .narrow(1, part, 1)
                 .reshape(vec![nh * hd, h]);
             same(&g, &format!("{d} split {part}"), &split, &inputs);
-            same(&g, &format!("{d} split {part} transposed"), &split.clone().transpose(), &inputs);
+            same(
+                &g,
+                &format!("{d} split {part} transposed"),
+                &split.clone().transpose(),
+                &inputs,
+            );
             for to in FLOATS {
-                same(&g, &format!("{d} split {part} -> {to}"), &split.clone().cast(to), &inputs);
+                same(
+                    &g,
+                    &format!("{d} split {part} -> {to}"),
+                    &split.clone().cast(to),
+                    &inputs,
+                );
             }
         }
         // interleave q, k, v per head back into one tensor, then cast
@@ -227,14 +289,16 @@ fn head_splits_and_interleaves() {
         let fused = Expr::Concat(vec![per_head(1), per_head(2), per_head(3)], 1)
             .reshape(vec![3 * nh * hd, h]);
         same(&g, &format!("{d} interleave"), &fused, &inputs);
-        same(&g, &format!("{d} interleave -> f16"), &fused.clone().cast(DType::F16), &inputs);
+        same(
+            &g,
+            &format!("{d} interleave -> f16"),
+            &fused.clone().cast(DType::F16),
+            &inputs,
+        );
         // rotary half interleave: [nh, hd/2, 2, h] -> [nh, 2, hd/2, h] as narrows + concat
         let rot = Expr::input(1).reshape(vec![nh, hd / 2, 2, h]);
-        let swapped = Expr::Concat(
-            vec![rot.clone().narrow(2, 0, 1), rot.narrow(2, 1, 1)],
-            1,
-        )
-        .reshape(vec![nh * hd, h]);
+        let swapped = Expr::Concat(vec![rot.clone().narrow(2, 0, 1), rot.narrow(2, 1, 1)], 1)
+            .reshape(vec![nh * hd, h]);
         same(&g, &format!("{d} rotary permutation"), &swapped, &inputs);
     }
 }
@@ -271,7 +335,12 @@ fn expert_stacking() {
         );
         same(&g, &format!("{d} stack transposed"), &stacked_t, &inputs);
         for to in FLOATS {
-            same(&g, &format!("{d} stack -> {to}"), &stacked.clone().cast(to), &inputs);
+            same(
+                &g,
+                &format!("{d} stack -> {to}"),
+                &stacked.clone().cast(to),
+                &inputs,
+            );
         }
         // and the reverse: one expert out of a stacked tensor
         let all = entry(
@@ -280,7 +349,10 @@ fn expert_stacking() {
             vec![experts, rows, cols],
             pattern(experts * rows * cols * d.size(), 99),
         );
-        let one = Expr::input(0).narrow(0, 3, 1).reshape(vec![rows, cols]).transpose();
+        let one = Expr::input(0)
+            .narrow(0, 3, 1)
+            .reshape(vec![rows, cols])
+            .transpose();
         same(&g, &format!("{d} unstack"), &one, &[all]);
     }
 }
@@ -320,10 +392,20 @@ fn inputs_held_as_chunks_and_strided_views() {
         let inputs = vec![chunks, strided];
         for i in 0..2 {
             same(&g, &format!("{d} #{i} copy"), &Expr::input(i), &inputs);
-            same(&g, &format!("{d} #{i} transpose"), &Expr::input(i).transpose(), &inputs);
+            same(
+                &g,
+                &format!("{d} #{i} transpose"),
+                &Expr::input(i).transpose(),
+                &inputs,
+            );
             if FLOATS.contains(&d) {
                 for to in FLOATS {
-                    same(&g, &format!("{d} #{i} -> {to}"), &Expr::input(i).cast(to), &inputs);
+                    same(
+                        &g,
+                        &format!("{d} #{i} -> {to}"),
+                        &Expr::input(i).cast(to),
+                        &inputs,
+                    );
                 }
             }
         }
@@ -345,5 +427,9 @@ fn device_errors_are_one_line() {
         return;
     };
     let auto = Compute::from_spec(Some("auto")).unwrap();
-    assert_eq!(auto.name(), "cuda", "auto must pick the device that answered");
+    assert_eq!(
+        auto.name(),
+        "cuda",
+        "auto must pick the device that answered"
+    );
 }
