@@ -184,7 +184,7 @@ pub fn reexec_cuda_build_if_present() {
         ));
         return;
     }
-    if !driver_device_count().is_some_and(|n| n > 0) {
+    if driver_device_count().is_none_or(|n| n <= 0) {
         return;
     }
     #[cfg(unix)]
