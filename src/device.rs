@@ -12,8 +12,8 @@
 //! least one device, it hands the whole run to it (`exec`, same arguments; see [`reexec_cuda_build_if_present`]).
 //! Otherwise it computes on the CPU. The CUDA build itself never hands over.
 //!
-//! `--device auto` (the default) then tells the truth on each machine: CUDA when this process has CUDA and device 0
-//! answers, else the CPU, with one note on stderr when that could surprise (`auto` asked for explicitly, a CUDA build
+//! `--device auto` (the default) then tells the truth on each machine: CUDA when this process has CUDA and a device
+//! answers (round robin over the devices, one per job, so `convert-batch` uses every GPU), else the CPU, with one note on stderr when that could surprise (`auto` asked for explicitly, a CUDA build
 //! without a device, or a GPU present that this build cannot use). `--device cuda[:N]` without a usable device is a
 //! one-line error, never a crash.
 
@@ -46,7 +46,7 @@ pub fn resolve(spec: Option<&str>) -> Result<Device, String> {
         "cpu" => Ok(Device::Cpu),
         "auto" => {
             if cuda_built() {
-                match open_cuda(0) {
+                match open_cuda(next_auto_ordinal()) {
                     Ok(d) => Ok(d),
                     Err(e) => {
                         note_once(&format!(
@@ -96,10 +96,40 @@ pub fn resolve(spec: Option<&str>) -> Result<Device, String> {
     }
 }
 
-/// Open CUDA device `n`, with the error (or a panic in a lower layer) as one line.
+/// The device `auto` takes: round robin over the devices the driver reports, one per call (every job resolves
+/// its device once), so `convert-batch` spreads jobs over all GPUs; 0 when none or in a CPU build.
+fn next_auto_ordinal() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = candle_core::cuda_backend::cudarc::driver::CudaContext::device_count()
+            .map(|n| n.max(0) as usize)
+            .unwrap_or(0);
+        if n > 1 {
+            return NEXT.fetch_add(1, Ordering::Relaxed) % n;
+        }
+    }
+    0
+}
+
+/// Open CUDA device `n` (once per process: later calls share its context, streams and kernels), with the error
+/// (or a panic in a lower layer) as one line.
 fn open_cuda(n: usize) -> Result<Device, String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static OPEN: OnceLock<Mutex<HashMap<usize, Device>>> = OnceLock::new();
+    let open = OPEN.get_or_init(Default::default);
+    if let Some(d) = open.lock().ok().and_then(|m| m.get(&n).cloned()) {
+        return Ok(d);
+    }
     match std::panic::catch_unwind(|| Device::new_cuda(n)) {
-        Ok(Ok(d)) => Ok(d),
+        Ok(Ok(d)) => {
+            if let Ok(mut m) = open.lock() {
+                m.insert(n, d.clone());
+            }
+            Ok(d)
+        }
         Ok(Err(e)) => Err(one_line(&e.to_string())),
         Err(_) => Err("the CUDA layer panicked while opening the device".into()),
     }
