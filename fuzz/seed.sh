@@ -1,8 +1,9 @@
 #!/bin/sh
-# Seed the fuzz corpora from the golden fixtures (../shared/fixtures). Run from anywhere; idempotent.
+# Seed the fuzz corpora from the vendored golden fixtures (tests/fixtures) and the regression inputs
+# (tests/regress). Run from anywhere; idempotent. FIXTURES=DIR seeds from another fixture tree instead.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-fx="${FIXTURES:-$here/../../shared/fixtures}"
+fx="${FIXTURES:-$here/../tests/fixtures}"
 [ -d "$fx" ] || { echo "no fixtures at $fx" >&2; exit 1; }
 c="$here/corpus"
 mkdir -p "$c/ckpt" "$c/safetensors" "$c/torch_zip" "$c/torch_legacy" "$c/pickle" "$c/manifest"
@@ -21,6 +22,10 @@ for f in $(small '*.bin') $(small '*.pth'); do
   else
     cp -f "$f" "$c/torch_legacy/$n"
   fi
+done
+# Regression inputs (small hostile files), by format folder.
+for sub in ckpt safetensors torch_zip torch_legacy; do
+  for f in $(find "$here/../tests/regress/$sub" -type f 2>/dev/null); do cp -f "$f" "$c/$sub/regress_$(basename "$f")"; done
 done
 # Manifests: the repo's job manifests and examples.
 for f in $(find "$here/../jobs" "$here/../examples" -type f -name '*.toml' 2>/dev/null); do

@@ -1,4 +1,6 @@
-//! One conversion job: source → plan (headers only) → executor → sink. Used by both binaries and the runner.
+//! One conversion job: [`open`] the input (headers, config.json) → plan it ([`crate::plan`], headers only) →
+//! execute the plan and write the output (atomically) — plus [`verify`], which plans and compares instead of
+//! writing. Used by both binaries and the runner.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,29 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sha2::{Digest, Sha256};
 
 use crate::exec::Compute;
-use crate::formats::{self, OutTensor, OutputFormat, WriteOptions};
-use crate::models::{self, HyperParams};
-use crate::ops::{Expr, Plan, PlanItem};
-use crate::tensor::{Checkpoint, DType, TensorInfo};
+use crate::formats::{self, OutputFormat, WriteOptions};
+use crate::models::{self, Family, HyperParams, ModelError};
+pub use crate::plan::PlanSummary;
+use crate::plan::{JobPlan, Mapping, PlanError};
+use crate::tensor::{Checkpoint, DType};
 
-/// Everything that defines one conversion (a `convert-weight` call or one `[[job]]` of a manifest).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct JobSpec {
-    /// Model family key or alias; `None` means a pure format conversion.
-    pub model: Option<String>,
-    pub input: PathBuf,
-    pub output: PathBuf,
-    pub reversed: bool,
-    /// Cast floating tensors to this dtype.
-    pub dtype: Option<DType>,
-    pub n_head: Option<usize>,
-    pub hidden_size: Option<usize>,
-    pub layers: Option<usize>,
-    /// `cpu`, `cuda`, `cuda:N` or `auto` (`None` = auto).
-    pub device: Option<String>,
-    /// Split the output into HF shards of at most this many bytes.
-    pub max_shard_size: Option<u64>,
-}
+pub use crate::options::JobSpec;
 
 /// Errors of one job, with the whole cause chain in `Display` of the chain (see [`error_chain`]).
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +24,13 @@ pub enum ConvertError {
     Format(#[from] crate::formats::FormatError),
     #[error(transparent)]
     Model(#[from] crate::models::ModelError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     #[error("{0}")]
     Usage(String),
+    /// Input names that the family's rules do not match: one line naming the input, with a hint when clear.
+    #[error("{0}")]
+    Unmatched(String),
     #[error("tensor '{tensor}': {msg}")]
     Exec { tensor: String, msg: String },
     #[error("cancelled")]
@@ -95,20 +86,6 @@ pub struct JobOutcome {
     pub warnings: Vec<String>,
 }
 
-/// What planning (headers only) tells before running: used for dry runs and memory admission.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PlanSummary {
-    pub inputs: Vec<(PathBuf, u64)>,
-    /// One line per output tensor: `source names -> target name  op  dtype shape`.
-    pub lines: Vec<String>,
-    /// Output tensor names in write order.
-    pub outputs: Vec<String>,
-    /// Total bytes of the output tensors.
-    pub out_bytes: u64,
-    /// Planned peak of memory the job itself holds (bytes): about the two largest buffers in flight.
-    pub peak_bytes: u64,
-}
-
 /// Plan a job from headers only: opens the inputs, builds the plan, checks it, writes nothing.
 pub fn plan(spec: &JobSpec) -> Result<PlanSummary, ConvertError> {
     Ok(Prepared::new(spec)?.summary())
@@ -125,9 +102,15 @@ pub fn run(spec: &JobSpec, ctl: &RunControl) -> Result<JobOutcome, ConvertError>
 pub fn run_locked(
     spec: &JobSpec,
     ctl: &RunControl,
-    _lock: &OutputLock,
+    lock: &OutputLock,
 ) -> Result<JobOutcome, ConvertError> {
-    Prepared::new(spec)?.execute(ctl)
+    let mut outcome = Prepared::new(spec)?.execute(ctl)?;
+    if let Some(dir) = &lock.created {
+        outcome
+            .warnings
+            .insert(0, format!("created the output directory {}", dir.display()));
+    }
+    Ok(outcome)
 }
 
 /// An exclusive lock on one job's output (a `flock` on a hidden lock file beside it), held until dropped; the
@@ -135,6 +118,8 @@ pub fn run_locked(
 pub struct OutputLock {
     _file: std::fs::File,
     pub path: PathBuf,
+    /// The top-most directory that taking the lock created (the output's directory did not exist).
+    pub created: Option<PathBuf>,
 }
 
 impl Drop for OutputLock {
@@ -160,6 +145,12 @@ pub fn lock_output(spec: &JobSpec) -> Result<OutputLock, ConvertError> {
             out.file_name().map(|n| n.to_string_lossy().into_owned()),
         )
     };
+    // Missing directories are created, and the job says so (a warning): a typo in a path is seen, not silent.
+    let created = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .last()
+        .map(Path::to_path_buf);
     std::fs::create_dir_all(&dir).map_err(|e| formats::FormatError::io(&dir, e))?;
     let path = dir.join(match &name {
         Some(n) => format!(".{n}.convert-weight.lock"),
@@ -198,7 +189,11 @@ pub fn lock_output(spec: &JobSpec) -> Result<OutputLock, ConvertError> {
             }
         }
     }
-    Ok(OutputLock { _file: file, path })
+    Ok(OutputLock {
+        _file: file,
+        path,
+        created,
+    })
 }
 
 fn flock_exclusive(file: &std::fs::File) -> std::io::Result<()> {
@@ -225,11 +220,20 @@ struct Target {
     sharded: bool,
 }
 
-/// A planned job: source opened (headers), plan checked, output decided.
+/// An opened input: the checkpoint (headers and byte references), the family asked for, and the hyper-parameters
+/// that config.json and the flags give.
+struct Opened {
+    source: Checkpoint,
+    family: Option<&'static Family>,
+    hp: HyperParams,
+    /// The config.json read for hyper-parameters, if any.
+    config: Option<PathBuf>,
+}
+
+/// A planned job: input opened, plan checked, output decided.
 struct Prepared {
     source: Checkpoint,
-    items: Vec<PlanItem>,
-    outs: Vec<OutTensor>,
+    plan: JobPlan,
     target: Target,
     opts: WriteOptions,
     device: Option<String>,
@@ -283,22 +287,25 @@ fn target(spec: &JobSpec) -> Result<Target, ConvertError> {
             sharded: true,
         });
     }
-    let (format, path) = match OutputFormat::from_extension(out) {
-        Some(f) => (f, out.clone()),
-        // Like the reference: a MindSpore output gets `.ckpt` appended, a reversed one is a torch file.
-        None if to_mindspore => {
-            let mut p = out.clone().into_os_string();
-            p.push(".ckpt");
-            (OutputFormat::Ckpt, PathBuf::from(p))
-        }
-        None if spec.model.is_some() => (OutputFormat::Torch, out.clone()),
-        None => {
-            return Err(usage(format!(
-                "{}: cannot tell the output format: use .ckpt, .bin/.pt/.pth, .safetensors or a directory",
-                out.display()
-            )))
-        }
+    // One rule in every mode: the extension names the format; anything else is refused with a suggestion.
+    let Some(format) = OutputFormat::from_extension(out) else {
+        let what = match out.extension() {
+            Some(e) => format!("unknown extension '.{}'", e.to_string_lossy()),
+            None => "no extension".to_string(),
+        };
+        let usual = match (&spec.model, spec.reversed) {
+            (Some(_), false) => "ckpt",
+            (Some(_), true) => "bin",
+            (None, _) => "safetensors",
+        };
+        return Err(usage(format!(
+            "{}: {what}: the output format comes from the extension: .ckpt (MindSpore), .safetensors, \
+             .bin/.pt/.pth (torch), or a directory ending in '/' (HF shards); e.g. {}.{usual}",
+            out.display(),
+            out.display()
+        )));
     };
+    let path = out.clone();
     if spec.max_shard_size.is_some() {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         return Ok(Target {
@@ -336,174 +343,206 @@ fn check_not_overwriting(source: &Checkpoint, target: &Target) -> Result<(), Con
     Ok(())
 }
 
-/// `names[#i]` rendering of an expression for dry runs.
-fn render(expr: &Expr, infos: &[TensorInfo]) -> String {
-    match expr {
-        Expr::Input(i) => infos.get(*i).map_or("?".into(), |t| t.name.clone()),
-        Expr::Reshape(s, shape) => format!("reshape({}, {shape:?})", render(s, infos)),
-        Expr::Narrow {
-            src,
-            dim,
-            start,
-            len,
-        } => format!(
-            "narrow({}, dim={dim}, {start}..{})",
-            render(src, infos),
-            start + len
-        ),
-        Expr::Transpose(s) => format!("transpose({})", render(s, infos)),
-        Expr::Concat(parts, dim) => format!(
-            "concat([{}], dim={dim})",
-            parts
-                .iter()
-                .map(|p| render(p, infos))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Expr::Cast(s, d) => format!("cast({}, {d})", render(s, infos)),
-        Expr::Zeros(shape, d) => format!("zeros({shape:?}, {d})"),
+/// Open the input: the checkpoint's headers and, for a model conversion, the family and its hyper-parameters
+/// (config.json beside the weights, then the flags).
+fn open(spec: &JobSpec) -> Result<Opened, ConvertError> {
+    let source = formats::open_model(&spec.input)?;
+    let Some(name) = &spec.model else {
+        return Ok(Opened {
+            source,
+            family: None,
+            hp: HyperParams::default(),
+            config: None,
+        });
+    };
+    let family = models::find(name)?;
+    let (config, hp) = match read_config(&spec.input)? {
+        Some((path, cfg)) => (Some(path), HyperParams::from_config(&cfg)),
+        None => (None, HyperParams::default()),
+    };
+    let hp = hp
+        .with_flags(spec.n_head, spec.hidden_size, spec.layers)
+        .map_err(|e| config_error(&config, e))?;
+    Ok(Opened {
+        source,
+        family: Some(family),
+        hp,
+        config,
+    })
+}
+
+/// A model error about hyper-parameters names the config.json they came from, when there is one.
+fn config_error(config: &Option<PathBuf>, e: ModelError) -> ConvertError {
+    match config {
+        Some(p) => ConvertError::Config {
+            path: p.clone(),
+            msg: e.to_string(),
+        },
+        None => e.into(),
+    }
+}
+
+/// Plan the opened input ([`crate::plan`]: the family's rules or the identity, then the dtype policy).
+fn plan_job(spec: &JobSpec, opened: &Opened) -> Result<JobPlan, ConvertError> {
+    let mapping = match opened.family {
+        Some(family) => Mapping::Model {
+            family,
+            hp: &opened.hp,
+            reversed: spec.reversed,
+        },
+        None => Mapping::Identity,
+    };
+    JobPlan::new(&opened.source, mapping, spec.dtype).map_err(|e| match e {
+        // A hyper-parameter that contradicts the weights: name the config.json it came from.
+        PlanError::Model(e @ ModelError::Hyper { .. }) => config_error(&opened.config, e),
+        PlanError::Model(ModelError::Unmapped { names, .. }) => match opened.family {
+            Some(f) => unmatched(spec, opened, f, &names),
+            None => usage("internal error: unmatched names without a family"),
+        },
+        PlanError::Model(e) => e.into(),
+        PlanError::Usage(m) => usage(format!("{}: {m}", spec.input.display())),
+        e => e.into(),
+    })
+}
+
+/// Warnings a plan gives before it runs: dropped inputs and non-tensor entries.
+fn plan_warnings(source: &Checkpoint, plan: &JobPlan) -> Vec<String> {
+    let mut warnings = plan.drop_warnings();
+    if !source.others.is_empty() {
+        let names: Vec<&str> = source.others.iter().map(|o| o.name.as_str()).collect();
+        warnings.push(format!(
+            "{} non-tensor entr{} not converted: {}",
+            names.len(),
+            if names.len() == 1 { "y" } else { "ies" },
+            names.join(", ")
+        ));
+    }
+    warnings
+}
+
+/// Write options: the safetensors `format` metadata, shard size.
+fn write_options(spec: &JobSpec, source: &Checkpoint) -> WriteOptions {
+    WriteOptions {
+        metadata: vec![("format".to_string(), names_format(spec, source).to_string())],
+        max_shard_size: spec.max_shard_size,
+        ..WriteOptions::default()
+    }
+}
+
+/// The safetensors `format` metadata of an output says whose tensor names it holds, one rule for every mode: `ms`
+/// for MindSpore names (a forward model conversion, or a pure conversion of MindSpore names: a MindSpore checkpoint,
+/// or a safetensors file that says `ms`), `pt` for HF/torch names (a reverse conversion, or a pure conversion of
+/// anything else).
+fn names_format(spec: &JobSpec, source: &Checkpoint) -> &'static str {
+    match (&spec.model, spec.reversed) {
+        (Some(_), false) => "ms",
+        (Some(_), true) => "pt",
+        (None, _) if is_mindspore(source) => "ms",
+        (None, _) => "pt",
+    }
+}
+
+/// Whether a checkpoint holds MindSpore names: a MindSpore ckpt, or a file whose `format` metadata says `ms`.
+fn is_mindspore(source: &Checkpoint) -> bool {
+    source.format.contains("mindspore")
+        || source
+            .metadata
+            .iter()
+            .any(|(k, v)| k == "format" && v == "ms")
+}
+
+/// The one-line error for input names that match no rule: the input, the count, the first few names, and a hint
+/// when one is clear.
+fn unmatched(spec: &JobSpec, opened: &Opened, family: &Family, names: &[String]) -> ConvertError {
+    let infos = opened.source.infos();
+    let mut msg = format!(
+        "{}: {} of {} tensor names match no rule of --model {}{}: {}",
+        spec.input.display(),
+        names.len(),
+        infos.len(),
+        family.name,
+        if spec.reversed { " --reversed" } else { "" },
+        models::first_names(names, 3)
+    );
+    let current = infos.len() - names.len();
+    if let Some(h) = unmatched_hint(&opened.source, family, spec.reversed, current) {
+        msg.push_str("; hint: ");
+        msg.push_str(&h);
+    }
+    ConvertError::Unmatched(msg)
+}
+
+/// A hint for names that do not match: the family and direction whose rules accept the most names, when they
+/// accept clearly more than the one asked for (and at least 90% of the names); else what the file format says.
+fn unmatched_hint(
+    source: &Checkpoint,
+    family: &Family,
+    reversed: bool,
+    current: usize,
+) -> Option<String> {
+    let infos = source.infos();
+    let n = infos.len();
+    let others = || models::registry().iter().filter(|f| f.name != family.name);
+    // In order of preference on ties: the other direction of the same family, other families.
+    let candidates = std::iter::once((family, !reversed))
+        .chain(others().map(|f| (*f, reversed)))
+        .chain(others().map(|f| (*f, !reversed)));
+    let mut best: Option<(&Family, bool, usize)> = None;
+    for (f, r) in candidates {
+        let c = models::planner::matched(f, &infos, r);
+        if best.is_none_or(|b| c > b.2) {
+            best = Some((f, r, c));
+        }
+    }
+    let ms = is_mindspore(source);
+    if let Some((f, r, c)) = best.filter(|b| b.2 > current && b.2 * 10 >= n * 9) {
+        return Some(if f.name == family.name {
+            match (r, ms) {
+                (true, true) => "this is a MindSpore checkpoint: add --reversed".to_string(),
+                (true, false) => "these are MindSpore names: add --reversed".to_string(),
+                (false, _) => "these are HF/torch names: drop --reversed".to_string(),
+            }
+        } else {
+            let dir = match (r == reversed, r) {
+                (true, _) => "",
+                (false, true) => " --reversed",
+                (false, false) => " without --reversed",
+            };
+            format!("the names fit --model {}{dir} ({c} of {n})", f.name)
+        });
+    }
+    // No family fits clearly: the file format still tells the direction.
+    if ms && !reversed {
+        Some("this is a MindSpore checkpoint: add --reversed".to_string())
+    } else if reversed && !ms && source.format.contains("torch") {
+        Some("this is a torch file, not a MindSpore checkpoint: drop --reversed".to_string())
+    } else {
+        None
     }
 }
 
 impl Prepared {
     fn new(spec: &JobSpec) -> Result<Prepared, ConvertError> {
-        let source = formats::open_model(&spec.input)?;
-        let infos = source.infos();
-        let mut warnings = Vec::new();
-        let mut config = None;
-        let plan = match &spec.model {
-            Some(name) => {
-                let family = models::find(name)?;
-                let hp = match read_config(&spec.input)? {
-                    Some((path, cfg)) => {
-                        config = Some(path);
-                        HyperParams::from_config(&cfg)
-                    }
-                    None => HyperParams::default(),
-                }
-                .with_flags(spec.n_head, spec.hidden_size, spec.layers)
-                .map_err(|e| match &config {
-                    Some(p) => ConvertError::Config {
-                        path: p.clone(),
-                        msg: e.to_string(),
-                    },
-                    None => e.into(),
-                })?;
-                let planned = if spec.reversed {
-                    family.reverse(&infos, &hp)
-                } else {
-                    family.forward(&infos, &hp)
-                };
-                // A hyper-parameter that contradicts the weights: name the config.json it came from.
-                match (planned, &config) {
-                    (Err(e @ models::ModelError::Hyper { .. }), Some(p)) => {
-                        return Err(ConvertError::Config {
-                            path: p.clone(),
-                            msg: e.to_string(),
-                        })
-                    }
-                    (r, _) => r?,
-                }
-            }
-            None => Plan {
-                items: infos
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| PlanItem::new(t.name.clone(), Expr::Input(i)))
-                    .collect(),
-                dropped: Vec::new(),
-            },
-        };
-        if plan.items.is_empty() {
-            return Err(usage(format!(
-                "{}: nothing to convert ({} input tensors, {} dropped by rules); refusing to write an empty checkpoint",
-                spec.input.display(),
-                infos.len(),
-                plan.dropped.len()
-            )));
-        }
-        for d in &plan.dropped {
-            warnings.push(format!("dropped '{}': {}", d.name, d.rule));
-        }
-        if !source.others.is_empty() {
-            let names: Vec<&str> = source.others.iter().map(|o| o.name.as_str()).collect();
-            warnings.push(format!(
-                "{} non-tensor entr{} not converted: {}",
-                names.len(),
-                if names.len() == 1 { "y" } else { "ies" },
-                names.join(", ")
-            ));
-        }
-        let mut items = plan.items;
-        if let Some(to) = spec.dtype {
-            if !to.is_float() {
-                return Err(usage(format!("--dtype {to}: only fp32, fp16 and bf16")));
-            }
-            for item in items.iter_mut() {
-                let (cur, _) = item.expr.infer(&infos).map_err(|e| ConvertError::Exec {
-                    tensor: item.name.clone(),
-                    msg: e.0,
-                })?;
-                if !cur.is_float() {
-                    continue;
-                }
-                if item.pinned_dtype {
-                    // The model fixes the final dtype after the global cast (glm's input_layernorm goes through
-                    // --dtype first and is then cast to fp16, exactly as the reference's `.half()` on the result).
-                    let inner = match &item.expr {
-                        Expr::Cast(inner, _) => (**inner).clone(),
-                        e => e.clone(),
-                    };
-                    let (src, _) = inner.infer(&infos).map_err(|e| ConvertError::Exec {
-                        tensor: item.name.clone(),
-                        msg: e.0,
-                    })?;
-                    let mut e = inner;
-                    if src != to {
-                        e = e.cast(to);
-                    }
-                    if to != cur {
-                        e = e.cast(cur);
-                    }
-                    item.expr = e;
-                } else if cur != to {
-                    item.expr = item.expr.clone().cast(to);
-                }
-            }
-        }
-        let outs = out_tensors(&source, &items)?;
-        if spec.output.as_os_str().is_empty() {
+        let opened = open(spec)?;
+        let plan = plan_job(spec, &opened)?;
+        let Opened { source, config, .. } = opened;
+        let warnings = plan_warnings(&source, &plan);
+        let (target, opts) = if spec.output.as_os_str().is_empty() {
             // Planning only (verify): no output.
-            return Ok(Prepared {
-                source,
-                items,
-                outs,
-                target: Target {
-                    format: OutputFormat::Safetensors,
-                    path: PathBuf::new(),
-                    sharded: false,
-                },
-                opts: WriteOptions::default(),
-                device: spec.device.clone(),
-                warnings,
-                config,
-            });
-        }
-        let target = target(spec)?;
-        check_not_overwriting(&source, &target)?;
-        let to_mindspore = spec.model.is_some() && !spec.reversed;
-        let opts = WriteOptions {
-            metadata: vec![(
-                "format".to_string(),
-                if to_mindspore { "ms" } else { "pt" }.to_string(),
-            )],
-            max_shard_size: spec.max_shard_size,
-            ..WriteOptions::default()
+            let none = Target {
+                format: OutputFormat::Safetensors,
+                path: PathBuf::new(),
+                sharded: false,
+            };
+            (none, WriteOptions::default())
+        } else {
+            let target = target(spec)?;
+            check_not_overwriting(&source, &target)?;
+            (target, write_options(spec, &source))
         };
         Ok(Prepared {
             source,
-            items,
-            outs,
+            plan,
             target,
             opts,
             device: spec.device.clone(),
@@ -529,39 +568,7 @@ impl Prepared {
     }
 
     fn summary(&self) -> PlanSummary {
-        let infos = self.source.infos();
-        let lines = self
-            .items
-            .iter()
-            .zip(&self.outs)
-            .map(|(item, out)| {
-                format!(
-                    "{} <- {}  {} {:?}",
-                    item.name,
-                    render(&item.expr, &infos),
-                    out.info.dtype,
-                    out.info.shape
-                )
-            })
-            .collect();
-        let out_bytes = self.outs.iter().map(|o| o.info.nbytes() as u64).sum();
-        // Memory the job itself holds: a borrowed tensor costs nothing beyond the map; a computed one holds its
-        // materialised inputs, the candle result and the output buffer, about three times its size.
-        let largest_computed = self
-            .items
-            .iter()
-            .zip(&self.outs)
-            .filter(|(i, _)| i.expr.as_plain_input().is_none())
-            .map(|(_, o)| 3 * o.info.nbytes() as u64)
-            .max()
-            .unwrap_or(0);
-        PlanSummary {
-            inputs: self.inputs(),
-            lines,
-            outputs: self.items.iter().map(|i| i.name.clone()).collect(),
-            out_bytes,
-            peak_bytes: largest_computed + (16 << 20),
-        }
+        self.plan.summary(&self.source, self.inputs())
     }
 
     /// Evaluate output `idx` (into `scratch`'s allocation when computed), check its size, hash it on request.
@@ -572,8 +579,8 @@ impl Prepared {
         scratch: Vec<u8>,
         hash: bool,
     ) -> Result<(usize, crate::exec::Evaluated<'a>, Option<String>), ConvertError> {
-        let item = &self.items[idx];
-        let out = &self.outs[idx];
+        let item = &self.plan.items[idx];
+        let out = &self.plan.outs[idx];
         let exec_err = |msg: String| ConvertError::Exec {
             tensor: item.name.clone(),
             msg,
@@ -596,22 +603,24 @@ impl Prepared {
 
     fn execute(self, ctl: &RunControl) -> Result<JobOutcome, ConvertError> {
         let compute = Compute::from_spec(self.device.as_deref()).map_err(|e| usage(e.0))?;
+        // Output files are hashed while they are written (never read back), on this thread.
+        let hashing = ctl.hash.then(crate::fsio::HashScope::enter);
         let mut writer = if self.target.sharded {
             formats::sharded::writer(
                 self.target.format,
                 &self.target.path,
-                &self.outs,
+                &self.plan.outs,
                 &self.opts,
             )?
         } else {
             formats::create_single_writer(
                 self.target.format,
                 &self.target.path,
-                &self.outs,
+                &self.plan.outs,
                 &self.opts,
             )?
         };
-        let mut hashes: Vec<Option<String>> = vec![None; self.outs.len()];
+        let mut hashes: Vec<Option<String>> = vec![None; self.plan.outs.len()];
         let mut written = 0u64;
         let mut overflowed = 0u64;
         let mut read = 0u64;
@@ -672,7 +681,7 @@ impl Prepared {
         // Tied copies that the writer shared were not evaluated: their hash is their original's.
         for i in 0..hashes.len() {
             if hashes[i].is_none() {
-                if let Some(t) = self.outs[i].tied_to {
+                if let Some(t) = self.plan.outs[i].tied_to {
                     hashes[i] = hashes[t].clone();
                 }
             }
@@ -684,10 +693,14 @@ impl Prepared {
                 .map_err(|e| formats::FormatError::io(&path, e))?
                 .len();
             bytes_written += bytes;
-            let sha256 = if ctl.hash {
-                Some(file_sha256(&path)?)
-            } else {
-                None
+            let sha256 = match &hashing {
+                None => None,
+                Some(scope) => match scope.take(&path) {
+                    Some(d) => Some(d),
+                    // No streamed digest (a writer rewrote bytes in a way fsio could not follow, e.g. a zip64
+                    // entry of 4 GiB or more): this one file is hashed from disk.
+                    None => Some(file_sha256(&path)?),
+                },
             };
             outputs.push(OutputFile {
                 path,
@@ -696,6 +709,7 @@ impl Prepared {
             });
         }
         let tensors = self
+            .plan
             .items
             .iter()
             .zip(hashes)
@@ -710,45 +724,6 @@ impl Prepared {
             warnings,
         })
     }
-}
-
-/// Output headers, with tied copies marked: a plain copy of a source tensor already written (or of one it is
-/// tied to) shares that output.
-fn out_tensors(source: &Checkpoint, items: &[PlanItem]) -> Result<Vec<OutTensor>, ConvertError> {
-    let infos = source.infos();
-    let mut first_copy: HashMap<usize, usize> = HashMap::new();
-    let mut seen_names: HashMap<&str, usize> = HashMap::new();
-    let mut outs = Vec::with_capacity(items.len());
-    for (k, item) in items.iter().enumerate() {
-        if let Some(prev) = seen_names.insert(item.name.as_str(), k) {
-            return Err(ConvertError::Exec {
-                tensor: item.name.clone(),
-                msg: format!("the plan writes this name twice (outputs #{prev} and #{k})"),
-            });
-        }
-        let (dtype, shape) = item.expr.infer(&infos).map_err(|e| ConvertError::Exec {
-            tensor: item.name.clone(),
-            msg: e.0,
-        })?;
-        let tied_to = match item.expr {
-            Expr::Input(i) => {
-                let root = source.tensors[i].tied_to.unwrap_or(i);
-                match first_copy.get(&root) {
-                    Some(&o) => Some(o),
-                    None => {
-                        first_copy.insert(root, k);
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        outs.push(OutTensor {
-            info: TensorInfo::new(item.name.clone(), dtype, shape),
-            tied_to,
-        });
-    }
-    Ok(outs)
 }
 
 /// Lower-case hex of a digest.
@@ -783,7 +758,7 @@ pub fn verify(spec: &JobSpec, expected: &Path) -> Result<Vec<Difference>, Conver
     for (k, t) in other.tensors.iter().enumerate() {
         by_name.insert(t.info.name.as_str(), k);
     }
-    for (item, out) in prepared.items.iter().zip(&prepared.outs) {
+    for (item, out) in prepared.plan.items.iter().zip(&prepared.plan.outs) {
         let Some(&k) = by_name.get(item.name.as_str()) else {
             diffs.push(format!("{}: only in {}", item.name, spec.input.display()));
             continue;
@@ -830,6 +805,8 @@ pub fn verify(spec: &JobSpec, expected: &Path) -> Result<Vec<Difference>, Conver
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::OutTensor;
+    use crate::tensor::TensorInfo;
 
     fn spec(model: Option<&str>, reversed: bool, out: &str) -> JobSpec {
         JobSpec {
@@ -840,23 +817,32 @@ mod tests {
         }
     }
 
+    /// §4 item 5: one rule in every mode — the extension names the format; an unknown or missing one is refused
+    /// (before: forward wrote `x.txt.ckpt`, reverse a torch zip named `x.txt`, a pure conversion refused).
     #[test]
-    fn output_format_follows_the_path() {
+    fn output_format_follows_the_extension_in_every_mode() {
         let t = |m, r, o| target(&spec(m, r, o)).map(|t| (t.format, t.path, t.sharded));
-        assert_eq!(
-            t(Some("llama"), false, "x/out").unwrap(),
-            (OutputFormat::Ckpt, PathBuf::from("x/out.ckpt"), false)
-        );
-        assert_eq!(
-            t(Some("llama"), true, "x/out").unwrap(),
-            (OutputFormat::Torch, PathBuf::from("x/out"), false)
-        );
-        assert_eq!(t(None, false, "a.pth").unwrap().0, OutputFormat::Torch);
-        assert_eq!(
-            t(None, false, "a.safetensors").unwrap().0,
-            OutputFormat::Safetensors
-        );
-        assert!(t(None, false, "a.weird").is_err());
+        for (m, r) in [(Some("llama"), false), (Some("llama"), true), (None, false)] {
+            for bad in ["x/out.txt", "x/out"] {
+                let e = t(m, r, bad).unwrap_err().to_string();
+                assert!(e.starts_with(bad) && e.contains(".ckpt (MindSpore)"), "{e}");
+            }
+            assert_eq!(
+                t(m, r, "x/out.ckpt").unwrap(),
+                (OutputFormat::Ckpt, PathBuf::from("x/out.ckpt"), false)
+            );
+            assert_eq!(t(m, r, "a.pth").unwrap().0, OutputFormat::Torch);
+            assert_eq!(
+                t(m, r, "a.safetensors").unwrap().0,
+                OutputFormat::Safetensors
+            );
+        }
+        // the suggestion is the mode's usual extension
+        let e = |m, r| t(m, r, "y.txt").unwrap_err().to_string();
+        assert!(e(Some("llama"), false).ends_with("e.g. y.txt.ckpt"));
+        assert!(e(Some("llama"), true).ends_with("e.g. y.txt.bin"));
+        assert!(e(None, false).ends_with("e.g. y.txt.safetensors"));
+        assert!(e(None, false).contains("unknown extension '.txt'"));
         let d = t(Some("llama"), true, "hf/").unwrap();
         assert_eq!((d.0, d.2), (OutputFormat::Safetensors, true));
         let mut s = spec(None, false, "o/model.bin");
@@ -866,6 +852,198 @@ mod tests {
             (t.format, t.path, t.sharded),
             (OutputFormat::Torch, PathBuf::from("o"), true)
         );
+    }
+
+    /// Write a small checkpoint of f32 tensors (contents: zeros) with the given names and shapes.
+    fn write_ckpt(
+        path: &Path,
+        format: OutputFormat,
+        tensors: &[(&str, &[usize])],
+        meta: &[(&str, &str)],
+    ) {
+        let outs: Vec<OutTensor> = tensors
+            .iter()
+            .map(|(n, s)| OutTensor {
+                info: TensorInfo::new(*n, DType::F32, s.to_vec()),
+                tied_to: None,
+            })
+            .collect();
+        let opts = WriteOptions {
+            metadata: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..WriteOptions::default()
+        };
+        let mut w = formats::create_single_writer(format, path, &outs, &opts).unwrap();
+        for i in w.order() {
+            w.write(i, &vec![0u8; outs[i].info.nbytes()]).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    fn run_job(spec: &JobSpec) -> Result<JobOutcome, ConvertError> {
+        let cancel = AtomicBool::new(false);
+        let ctl = RunControl {
+            cancel: &cancel,
+            progress: &|_| {},
+            hash: false,
+        };
+        run(spec, &ctl)
+    }
+
+    fn job(model: Option<&str>, reversed: bool, input: &Path, output: &Path) -> JobSpec {
+        JobSpec {
+            model: model.map(String::from),
+            reversed,
+            input: input.to_path_buf(),
+            output: output.to_path_buf(),
+            ..JobSpec::default()
+        }
+    }
+
+    const GLM: &[(&str, &[usize])] = &[
+        ("transformer.word_embeddings.weight", &[8, 4]),
+        ("transformer.layers.0.input_layernorm.weight", &[4]),
+        ("transformer.layers.0.input_layernorm.bias", &[4]),
+        (
+            "transformer.layers.0.attention.query_key_value.weight",
+            &[12, 4],
+        ),
+        ("transformer.layers.0.attention.dense.weight", &[4, 4]),
+        ("transformer.final_layernorm.weight", &[4]),
+    ];
+    const LLAMA: &[(&str, &[usize])] = &[
+        ("model.embed_tokens.weight", &[8, 4]),
+        ("model.layers.0.self_attn.q_proj.weight", &[4, 4]),
+        ("model.layers.0.self_attn.k_proj.weight", &[4, 4]),
+        ("model.layers.0.input_layernorm.weight", &[4]),
+        ("model.norm.weight", &[4]),
+    ];
+    const LLAMA_MS: &[(&str, &[usize])] = &[
+        ("model.tok_embeddings.embedding_weight", &[8, 4]),
+        ("model.layers.0.attention.wq.weight", &[4, 4]),
+        ("model.norm_out.weight", &[4]),
+    ];
+
+    /// §4 item 1: names that match no rule give one line naming the input, the count, the first few names and a
+    /// hint (before: every name on one long line, no file, no hint).
+    #[test]
+    fn unmatched_names_name_the_input_and_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let glm = dir.path().join("glm.safetensors");
+        write_ckpt(&glm, OutputFormat::Safetensors, GLM, &[]);
+        let out = dir.path().join("o.ckpt");
+        let e = error_chain(&plan(&job(Some("llama"), false, &glm, &out)).unwrap_err());
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            e.starts_with(&format!(
+                "{}: 6 of 6 tensor names match no rule of --model llama: ",
+                glm.display()
+            )),
+            "{e}"
+        );
+        assert!(
+            e.contains(": transformer.") && e.contains(" and 3 more; "),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("hint: the names fit --model glm (6 of 6)"),
+            "{e}"
+        );
+        assert!(e.len() < 300, "{e}");
+        // a torch/HF checkpoint with --reversed
+        let hf = dir.path().join("llama.bin");
+        write_ckpt(&hf, OutputFormat::Torch, LLAMA, &[]);
+        let e = error_chain(&plan(&job(Some("llama"), true, &hf, &out)).unwrap_err());
+        assert!(
+            e.ends_with("hint: these are HF/torch names: drop --reversed"),
+            "{e}"
+        );
+        // a MindSpore checkpoint without --reversed
+        let ms = dir.path().join("llama.ckpt");
+        write_ckpt(&ms, OutputFormat::Ckpt, LLAMA_MS, &[]);
+        let e = error_chain(&plan(&job(Some("llama"), false, &ms, &out)).unwrap_err());
+        assert!(
+            e.ends_with("hint: this is a MindSpore checkpoint: add --reversed"),
+            "{e}"
+        );
+        // names no family knows, in a MindSpore file: the format still tells the direction
+        let odd = dir.path().join("odd.ckpt");
+        write_ckpt(&odd, OutputFormat::Ckpt, &[("foo.bar", &[2])], &[]);
+        let e = error_chain(&plan(&job(Some("gpt"), false, &odd, &out)).unwrap_err());
+        assert!(
+            e.ends_with("hint: this is a MindSpore checkpoint: add --reversed"),
+            "{e}"
+        );
+        // no clear hint: none given
+        let st = dir.path().join("odd.safetensors");
+        write_ckpt(&st, OutputFormat::Safetensors, &[("foo.bar", &[2])], &[]);
+        let e = error_chain(&plan(&job(Some("gpt"), false, &st, &out)).unwrap_err());
+        assert!(!e.contains("hint"), "{e}");
+    }
+
+    /// §4 item 6: a missing output directory is created, and the job says so in a warning (before: silently).
+    #[test]
+    fn a_created_output_directory_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.safetensors");
+        write_ckpt(&input, OutputFormat::Safetensors, LLAMA, &[]);
+        let out = dir.path().join("typo/deeper/out.ckpt");
+        let outcome = run_job(&job(None, false, &input, &out)).unwrap();
+        assert!(out.is_file());
+        assert_eq!(
+            outcome.warnings.first().map(String::as_str),
+            Some(
+                format!(
+                    "created the output directory {}",
+                    dir.path().join("typo").display()
+                )
+                .as_str()
+            )
+        );
+        // an existing directory: no warning
+        let again = run_job(&job(None, false, &input, &dir.path().join("typo/x.ckpt"))).unwrap();
+        assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+    }
+
+    fn st_format(path: &Path) -> Option<String> {
+        let ck = formats::safetensors::read(path).unwrap();
+        ck.metadata
+            .iter()
+            .find(|(k, _)| k == "format")
+            .map(|(_, v)| v.clone())
+    }
+
+    /// §4 item 10: safetensors `format` metadata says whose names the file holds, in every mode (before: a pure
+    /// `.ckpt` → `.safetensors` wrote `pt` over MindSpore names).
+    #[test]
+    fn safetensors_format_metadata_follows_the_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ms, hf) = (dir.path().join("m.ckpt"), dir.path().join("h.bin"));
+        write_ckpt(&ms, OutputFormat::Ckpt, LLAMA_MS, &[]);
+        write_ckpt(&hf, OutputFormat::Torch, LLAMA, &[]);
+        let st_ms = dir.path().join("st_ms.safetensors");
+        write_ckpt(
+            &st_ms,
+            OutputFormat::Safetensors,
+            LLAMA_MS,
+            &[("format", "ms")],
+        );
+        for (k, (model, reversed, input, want)) in [
+            (None, false, &ms, "ms"),
+            (None, false, &hf, "pt"),
+            (None, false, &st_ms, "ms"),
+            (Some("llama"), false, &hf, "ms"),
+            (Some("llama"), true, &ms, "pt"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let out = dir.path().join(format!("o{k}.safetensors"));
+            run_job(&job(model, reversed, input, &out)).unwrap();
+            assert_eq!(st_format(&out).as_deref(), Some(want), "case {k}");
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::convert::{JobOutcome, JobSpec};
+use crate::convert::JobOutcome;
+use crate::options::JobSpec;
 
 /// Suffix of the record file beside an output.
 pub const SUFFIX: &str = ".cw-fingerprint.json";
@@ -130,9 +131,7 @@ fn absolute(p: &Path) -> PathBuf {
     })
 }
 
-fn hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::fsio::hex;
 
 /// Hash `len` bytes of `f` from `offset` into `h`.
 fn hash_range(f: &mut File, h: &mut Sha256, offset: u64, len: u64) -> io::Result<()> {
@@ -154,13 +153,9 @@ fn hash_range(f: &mut File, h: &mut Sha256, offset: u64, len: u64) -> io::Result
     Ok(())
 }
 
-/// sha256 of a whole file.
+/// sha256 of a whole existing file (checking an earlier run's outputs).
 pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut f = File::open(path)?;
-    let len = f.metadata()?.len();
-    let mut h = Sha256::new();
-    hash_range(&mut f, &mut h, 0, len)?;
-    Ok(hex(&h.finalize()))
+    crate::fsio::sha256_file(path).map_err(|e| e.source)
 }
 
 /// Sampled content hash of a file of `len` bytes (see the module docs).
@@ -270,20 +265,10 @@ pub fn record(spec: &JobSpec, outcome: &JobOutcome) -> io::Result<Fingerprint> {
     })
 }
 
-/// Write the record beside `spec.output` atomically (temporary file, rename).
+/// Write the record beside `spec.output` atomically and durably.
 pub fn write(spec: &JobSpec, fp: &Fingerprint) -> io::Result<()> {
-    let path = record_path(&spec.output);
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".cw-fingerprint-")
-        .tempfile_in(&dir)?;
-    serde_json::to_writer_pretty(&mut tmp, fp).map_err(io::Error::other)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(&path).map_err(|e| e.error)?;
-    Ok(())
+    let text = serde_json::to_string_pretty(fp).map_err(io::Error::other)?;
+    crate::fsio::write_atomic(&record_path(&spec.output), text.as_bytes()).map_err(|e| e.source)
 }
 
 /// Remove the record beside `spec.output` (before rerunning a job). A missing record is fine.

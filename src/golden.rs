@@ -7,9 +7,29 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::fsio::{self, FsError};
+
+/// A golden file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum GoldenError {
+    #[error(transparent)]
+    Io(#[from] FsError),
+    #[error("{}: not a convert-batch golden file: {msg}", path.display())]
+    Parse { path: PathBuf, msg: String },
+}
+
+/// Why a job's tensors do not match the golden file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    #[error("job '{0}' is not in the golden file")]
+    NotInGolden(String),
+    #[error("{0}")]
+    Differs(Diff),
+}
 
 /// One job's tensors: name → sha256, in write order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,32 +120,24 @@ impl Golden {
     }
 
     /// Read a golden file.
-    pub fn read(path: &Path) -> Result<Golden, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_str(&text)
-            .map_err(|e| format!("{}: not a convert-batch golden file: {e}", path.display()))
+    pub fn read(path: &Path) -> Result<Golden, GoldenError> {
+        let text = std::fs::read_to_string(path).map_err(|e| FsError::new(path, e))?;
+        serde_json::from_str(&text).map_err(|e| GoldenError::Parse {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })
     }
 
-    /// Write it as pretty JSON (atomically).
-    pub fn write(&self, path: &Path) -> Result<(), String> {
-        let err = |e: std::io::Error| format!("{}: {e}", path.display());
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => std::path::PathBuf::from("."),
-        };
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".cw-golden-")
-            .tempfile_in(&dir)
-            .map_err(err)?;
-        serde_json::to_writer_pretty(&mut tmp, self).map_err(|e| err(std::io::Error::other(e)))?;
-        tmp.persist(path).map_err(|e| err(e.error))?;
-        Ok(())
+    /// Write it as pretty JSON (atomically and durably).
+    pub fn write(&self, path: &Path) -> Result<(), FsError> {
+        let text = serde_json::to_string_pretty(self).unwrap_or_default();
+        fsio::write_atomic(path, text.as_bytes())
     }
 
     /// Compare a job's tensors with the golden file: `Err` names what is wrong.
-    pub fn check(&self, job: &str, tensors: &[(String, String)]) -> Result<(), String> {
+    pub fn check(&self, job: &str, tensors: &[(String, String)]) -> Result<(), Mismatch> {
         let Some(g) = self.jobs.get(job) else {
-            return Err(format!("job '{job}' is not in the golden file"));
+            return Err(Mismatch::NotInGolden(job.to_string()));
         };
         let mut d = Diff::default();
         let mut seen = std::collections::HashSet::new();
@@ -146,7 +158,7 @@ impl Golden {
         if d.is_empty() {
             Ok(())
         } else {
-            Err(d.to_string())
+            Err(Mismatch::Differs(d))
         }
     }
 }
@@ -172,7 +184,8 @@ mod tests {
         );
         let e = g
             .check("j", &t(&[("a", "1"), ("b", "X"), ("d", "4")]))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "output differs from the golden file: 1 changed: b; 1 missing: c; 1 extra: d"
@@ -182,7 +195,7 @@ mod tests {
             .check("j", &t(&[("a", ""), ("b", "2"), ("c", "3")]))
             .is_err());
         assert_eq!(
-            g.check("other", &[]).unwrap_err(),
+            g.check("other", &[]).unwrap_err().to_string(),
             "job 'other' is not in the golden file"
         );
     }

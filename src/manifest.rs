@@ -20,12 +20,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::convert::JobSpec;
-use crate::tensor::DType;
+use crate::options::{self, JobSpec};
 
 /// One job of a manifest, ready to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,72 +65,42 @@ impl fmt::Display for ManifestError {
     }
 }
 
-/// A size in bytes: an HF size string (`"500KB"`, `"2GiB"`, `"5Gb"` = bits) or an integer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct SizeValue(u64);
-
-impl<'de> Deserialize<'de> for SizeValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = SizeValue;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(
-                    "a size: a positive integer (bytes) or a string like \"500MB\" or \"2GiB\"",
-                )
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SizeValue, E> {
-                match u64::try_from(v) {
-                    Ok(n) if n > 0 => Ok(SizeValue(n)),
-                    _ => Err(E::custom(format!("size must be positive, got {v}"))),
-                }
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SizeValue, E> {
-                if v == 0 {
-                    return Err(E::custom("size must be positive, got 0"));
-                }
-                Ok(SizeValue(v))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<SizeValue, E> {
-                parse_size(v).map(SizeValue).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
+/// A value as written, with its place in the manifest. Values are typed by [`JobBuilder`], so that a type error
+/// reads in the manifest's words (`key 'n_head' must be a positive integer, got the string "4"`).
+type Raw = Option<Spanned<toml::Value>>;
 
 /// The keys of a `[[job]]` table; `[defaults]` accepts these plus `jobs`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawJob {
-    name: Option<Spanned<String>>,
-    model: Option<Spanned<String>>,
-    input: Option<Spanned<String>>,
-    output: Option<Spanned<String>>,
-    reversed: Option<Spanned<bool>>,
-    dtype: Option<Spanned<String>>,
-    n_head: Option<Spanned<i64>>,
-    hidden_size: Option<Spanned<i64>>,
-    layers: Option<Spanned<i64>>,
-    device: Option<Spanned<String>>,
-    max_shard_size: Option<Spanned<SizeValue>>,
+    name: Raw,
+    model: Raw,
+    input: Raw,
+    output: Raw,
+    reversed: Raw,
+    dtype: Raw,
+    n_head: Raw,
+    hidden_size: Raw,
+    layers: Raw,
+    device: Raw,
+    max_shard_size: Raw,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
-    jobs: Option<Spanned<i64>>,
-    name: Option<Spanned<String>>,
-    model: Option<Spanned<String>>,
-    input: Option<Spanned<String>>,
-    output: Option<Spanned<String>>,
-    reversed: Option<Spanned<bool>>,
-    dtype: Option<Spanned<String>>,
-    n_head: Option<Spanned<i64>>,
-    hidden_size: Option<Spanned<i64>>,
-    layers: Option<Spanned<i64>>,
-    device: Option<Spanned<String>>,
-    max_shard_size: Option<Spanned<SizeValue>>,
+    jobs: Raw,
+    name: Raw,
+    model: Raw,
+    input: Raw,
+    output: Raw,
+    reversed: Raw,
+    dtype: Raw,
+    n_head: Raw,
+    hidden_size: Raw,
+    layers: Raw,
+    device: Raw,
+    max_shard_size: Raw,
 }
 
 impl RawDefaults {
@@ -178,6 +146,19 @@ fn merge(job: RawJob, d: &RawJob) -> RawJob {
     }
 }
 
+/// A TOML value in words: `the string "4"`, `the integer 0`, `a table`.
+fn describe(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => format!("the string {s:?}"),
+        toml::Value::Integer(i) => format!("the integer {i}"),
+        toml::Value::Float(f) => format!("the number {f}"),
+        toml::Value::Boolean(b) => format!("the boolean {b}"),
+        toml::Value::Datetime(d) => format!("the date {d}"),
+        toml::Value::Array(_) => "an array".to_string(),
+        toml::Value::Table(_) => "a table".to_string(),
+    }
+}
+
 /// 1-based line of a byte offset.
 fn line_of(src: &str, offset: usize) -> usize {
     let end = offset.min(src.len());
@@ -188,68 +169,7 @@ fn line_of(src: &str, offset: usize) -> usize {
         + 1
 }
 
-/// Parse an HF size: `"2GiB"`/`"500MiB"`/`"8KiB"` (powers of 1024), `"5GB"`/`"500MB"`/`"8KB"` (powers of 1000; a
-/// lower-case final `b` means bits, as in HF's `convert_file_size_to_int`), a `TB`/`TiB` likewise, `"123B"` or
-/// plain digits (bytes). Must be positive.
-fn parse_size(s: &str) -> Result<u64, String> {
-    const UNITS: &[(&str, u64)] = &[
-        ("TIB", 1 << 40),
-        ("GIB", 1 << 30),
-        ("MIB", 1 << 20),
-        ("KIB", 1 << 10),
-        ("TB", 1_000_000_000_000),
-        ("GB", 1_000_000_000),
-        ("MB", 1_000_000),
-        ("KB", 1_000),
-        ("B", 1),
-    ];
-    let t = s.trim();
-    let upper = t.to_ascii_uppercase();
-    let (digits, mult, bits) = UNITS
-        .iter()
-        .find(|(u, _)| upper.ends_with(u))
-        .map(|&(u, m)| {
-            let num = &t[..t.len() - u.len()];
-            // `5Gb`: bits (HF). Only for the decimal units with a unit letter before the `b`.
-            let bits = u.len() == 2 && t.ends_with('b');
-            (num.trim(), m, bits)
-        })
-        .unwrap_or((t, 1, false));
-    let bad = || {
-        format!("invalid size '{s}': expected an integer with an optional unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let v = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("size '{s}' is too large"))?;
-    let v = if bits { v / 8 } else { v };
-    if v == 0 {
-        return Err(format!("size '{s}' must be positive"));
-    }
-    Ok(v)
-}
-
-/// Parse a memory budget: a size as in the manifest's `max_shard_size` (`"8GiB"`, `"500MB"`, digits) or a
-/// percentage of `available` bytes (`"50%"`).
-pub fn parse_memory_budget(s: &str, available: u64) -> Result<u64, String> {
-    if let Some(p) = s.trim().strip_suffix('%') {
-        let pct: f64 = p
-            .trim()
-            .parse()
-            .map_err(|_| format!("invalid memory budget '{s}': expected a size or a percentage"))?;
-        if !(pct > 0.0 && pct <= 100.0) {
-            return Err(format!(
-                "invalid memory budget '{s}': percentage must be in (0, 100]"
-            ));
-        }
-        // Precision loss is irrelevant at these magnitudes.
-        return Ok(((available as f64) * pct / 100.0) as u64);
-    }
-    parse_size(s).map_err(|e| format!("invalid memory budget: {e}"))
-}
+pub use crate::options::parse_memory_budget;
 
 /// Normalise `base.join(p)` lexically (`.` and `..` removed), without touching the file system.
 fn resolve(base: &Path, p: &str) -> PathBuf {
@@ -317,26 +237,81 @@ impl JobBuilder<'_> {
         })
     }
 
-    fn positive(
+    /// `key 'K' must be WANT, got the string "4"`.
+    fn wrong_type<T>(
         &self,
         key: &str,
-        v: &Option<Spanned<i64>>,
-    ) -> Result<Option<usize>, ManifestError> {
+        want: &str,
+        v: &Spanned<toml::Value>,
+    ) -> Result<T, ManifestError> {
+        self.err(
+            v.span(),
+            format!("key '{key}' must be {want}, got {}", describe(v.get_ref())),
+        )
+    }
+
+    fn string(
+        &self,
+        key: &str,
+        v: &Raw,
+    ) -> Result<Option<(String, std::ops::Range<usize>)>, ManifestError> {
         match v {
             None => Ok(None),
-            Some(s) => match usize::try_from(*s.get_ref()) {
-                Ok(n) if n > 0 => Ok(Some(n)),
-                _ => self.err(
-                    s.span(),
-                    format!("{key} must be a positive integer, got {}", s.get_ref()),
-                ),
+            Some(s) => match s.get_ref() {
+                toml::Value::String(t) => Ok(Some((t.clone(), s.span()))),
+                _ => self.wrong_type(key, "a string", s),
+            },
+        }
+    }
+
+    fn boolean(&self, key: &str, v: &Raw) -> Result<Option<bool>, ManifestError> {
+        match v {
+            None => Ok(None),
+            Some(s) => match s.get_ref() {
+                toml::Value::Boolean(b) => Ok(Some(*b)),
+                _ => self.wrong_type(key, "true or false", s),
+            },
+        }
+    }
+
+    fn positive(&self, key: &str, v: &Raw) -> Result<Option<usize>, ManifestError> {
+        const WANT: &str = "a positive integer";
+        match v {
+            None => Ok(None),
+            Some(s) => match s.get_ref() {
+                toml::Value::Integer(i) => match options::positive(*i) {
+                    Ok(n) => Ok(Some(n)),
+                    Err(_) => self.err(s.span(), format!("key '{key}' must be {WANT}, got {i}")),
+                },
+                _ => self.wrong_type(key, WANT, s),
+            },
+        }
+    }
+
+    fn size(&self, key: &str, v: &Raw) -> Result<Option<u64>, ManifestError> {
+        const WANT: &str =
+            "a size: a positive integer (bytes) or a string like \"500MB\" or \"2GiB\"";
+        match v {
+            None => Ok(None),
+            Some(s) => match s.get_ref() {
+                toml::Value::Integer(i) => match u64::try_from(*i) {
+                    Ok(n) if n > 0 => Ok(Some(n)),
+                    _ => self.err(s.span(), format!("key '{key}' must be {WANT}, got {i}")),
+                },
+                toml::Value::String(t) => match options::parse_size(t) {
+                    Ok(n) => Ok(Some(n)),
+                    Err(e) => self.err(s.span(), format!("key '{key}': {e}")),
+                },
+                _ => self.wrong_type(key, WANT, s),
             },
         }
     }
 
     fn build(&self, raw: RawJob, table: std::ops::Range<usize>) -> Result<BatchJob, ManifestError> {
         let line = line_of(self.src, table.start);
-        let (Some(input), Some(output)) = (&raw.input, &raw.output) else {
+        let input = self.string("input", &raw.input)?;
+        let output = self.string("output", &raw.output)?;
+        let (Some((input, in_span)), Some((output, out_span))) = (input, output) else {
             let missing = if raw.input.is_none() {
                 "input"
             } else {
@@ -344,73 +319,63 @@ impl JobBuilder<'_> {
             };
             return self.err(table, format!("job has no '{missing}'"));
         };
-        for (key, v) in [("input", input), ("output", output)] {
-            if v.get_ref().trim().is_empty() {
-                return self.err(v.span(), format!("{key} is empty"));
+        for (key, v, span) in [("input", &input, in_span), ("output", &output, out_span)] {
+            if v.trim().is_empty() {
+                return self.err(span, format!("key '{key}' is empty"));
             }
         }
-        let name = match &raw.name {
-            Some(n) => {
-                let s = n.get_ref().trim();
+        let name = match self.string("name", &raw.name)? {
+            Some((n, span)) => {
+                let s = n.trim();
                 if s.is_empty() {
-                    return self.err(n.span(), "name is empty");
+                    return self.err(span, "key 'name' is empty");
                 }
                 if s.chars().any(char::is_control) {
-                    return self.err(n.span(), "name contains a control character");
+                    return self.err(span, "key 'name' contains a control character");
                 }
                 s.to_string()
             }
-            None => format!("{} -> {}", input.get_ref(), output.get_ref()),
+            None => format!("{input} -> {output}"),
         };
-        let model = match &raw.model {
-            Some(m) if m.get_ref().trim().is_empty() => {
-                return self.err(m.span(), "model is empty")
+        let model = match self.string("model", &raw.model)? {
+            Some((m, span)) if m.trim().is_empty() => {
+                return self.err(span, "key 'model' is empty")
             }
-            Some(m) => Some(m.get_ref().trim().to_string()),
+            Some((m, span)) => {
+                let m = m.trim().to_string();
+                // Checked before anything runs, like dtype and device.
+                if let Err(e) = crate::models::find(&m) {
+                    return self.err(span, e.to_string());
+                }
+                Some(m)
+            }
             None => None,
         };
-        let dtype = match &raw.dtype {
+        let dtype = match self.string("dtype", &raw.dtype)? {
             None => None,
-            Some(d) => match DType::from_cli(d.get_ref()) {
-                Some(t) => Some(t),
-                None => {
-                    return self.err(
-                        d.span(),
-                        format!(
-                            "unknown dtype '{}': expected fp32, fp16 or bf16",
-                            d.get_ref()
-                        ),
-                    )
-                }
+            Some((d, span)) => match options::parse_dtype(&d) {
+                Ok(t) => Some(t),
+                Err(e) => return self.err(span, e.to_string()),
             },
         };
-        let device = match &raw.device {
+        let device = match self.string("device", &raw.device)? {
             None => None,
-            Some(d) => {
-                let v = d.get_ref().as_str();
-                let ok = matches!(v, "cpu" | "cuda" | "auto")
-                    || v.strip_prefix("cuda:")
-                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-                if !ok {
-                    return self.err(
-                        d.span(),
-                        format!("unknown device '{v}': expected cpu, cuda, cuda:N or auto"),
-                    );
-                }
-                Some(v.to_string())
-            }
+            Some((d, span)) => match options::parse_device(&d) {
+                Ok(v) => Some(v),
+                Err(e) => return self.err(span, e.to_string()),
+            },
         };
         let spec = JobSpec {
             model,
-            input: resolve(self.base, input.get_ref()),
-            output: resolve(self.base, output.get_ref()),
-            reversed: raw.reversed.as_ref().is_some_and(|r| *r.get_ref()),
+            input: resolve(self.base, &input),
+            output: resolve(self.base, &output),
+            reversed: self.boolean("reversed", &raw.reversed)?.unwrap_or(false),
             dtype,
             n_head: self.positive("n_head", &raw.n_head)?,
             hidden_size: self.positive("hidden_size", &raw.hidden_size)?,
             layers: self.positive("layers", &raw.layers)?,
             device,
-            max_shard_size: raw.max_shard_size.as_ref().map(|s| s.get_ref().0),
+            max_shard_size: self.size("max_shard_size", &raw.max_shard_size)?,
         };
         Ok(BatchJob { name, spec, line })
     }
@@ -534,6 +499,7 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::DType;
 
     fn parse(src: &str) -> Result<Manifest, ManifestError> {
         Manifest::parse(src, Path::new("m.toml"), Path::new("/base"))
@@ -629,11 +595,11 @@ n_head = 4
         ),
         (
             "[[job]]\ninput = \"a\"\noutput = \"b\"\nn_head = 0\n",
-            "m.toml:4: n_head must be a positive integer, got 0",
+            "m.toml:4: key 'n_head' must be a positive integer, got 0",
         ),
         (
             "[[job]]\ninput = \"a\"\noutput = \"b\"\nmax_shard_size = \"12 parsecs\"\n",
-            "m.toml:4: invalid size '12 parsecs'",
+            "m.toml:4: key 'max_shard_size': invalid size '12 parsecs'",
         ),
         (
             "[[job]]\ninput = \"a\"\noutput = \"b\"\ndevice = \"tpu\"\n",
@@ -642,9 +608,9 @@ n_head = 4
         ("\n\n[[job]]\ninput = \"a\"\n", "m.toml:3: job has no 'output'"),
         (
             "[[job]]\ninput = \"a\"\noutput = \"b\"\nreversed = \"yes\"\n",
-            "m.toml:4: invalid type",
+            "m.toml:4: key 'reversed' must be true or false, got the string \"yes\"",
         ),
-        ("[defaults]\njobs = -1\n[[job]]\ninput = \"a\"\noutput = \"b\"\n", "m.toml:2: jobs must be"),
+        ("[defaults]\njobs = -1\n[[job]]\ninput = \"a\"\noutput = \"b\"\n", "m.toml:2: key 'jobs' must be a positive integer, got -1"),
         ("[[job]]\ninput = \"a\"\noutput = \"b\n", "m.toml:3:"),
         ("# empty\n", "m.toml: no [[job]] tables"),
     ];
@@ -660,29 +626,49 @@ n_head = 4
         }
     }
 
+    /// Issue 9 §4.9: a type error in the manifest's words, with its line.
     #[test]
-    fn sizes() {
-        for (s, v) in [
-            ("500KB", Ok(500_000)),
-            ("2GiB", Ok(2u64 << 30)),
-            ("5Gb", Ok(625_000_000)),
-            ("10mb", Ok(1_250_000)),
-            ("10MiB", Ok(10 << 20)),
-            ("123", Ok(123)),
-            ("7B", Ok(7)),
-            (" 1 KiB ", Ok(1024)),
-            ("0", Err(())),
-            ("GB", Err(())),
-            ("1.5GB", Err(())),
-            ("-1", Err(())),
-            ("99999999999TiB", Err(())),
+    fn type_errors_in_the_manifest_words() {
+        for (src, want) in [
+            (
+                "[[job]]\ninput = \"a\"\noutput = \"b\"\nn_head = \"4\"\n",
+                "m.toml:4: key 'n_head' must be a positive integer, got the string \"4\"",
+            ),
+            (
+                "[[job]]\ninput = \"a\"\noutput = 3\n",
+                "m.toml:3: key 'output' must be a string, got the integer 3",
+            ),
+            (
+                "[defaults]\njobs = \"2\"\n[[job]]\ninput = \"a\"\noutput = \"b\"\n",
+                "m.toml:2: key 'jobs' must be a positive integer, got the string \"2\"",
+            ),
+            (
+                "[[job]]\ninput = \"a\"\noutput = \"b\"\nmax_shard_size = 1.5\n",
+                "m.toml:4: key 'max_shard_size' must be a size",
+            ),
         ] {
-            assert_eq!(parse_size(s).map_err(|_| ()), v, "{s}");
+            let got = err(src);
+            assert!(got.starts_with(want), "want {want}\ngot  {got}");
         }
-        assert_eq!(parse_memory_budget("50%", 1000), Ok(500));
-        assert_eq!(parse_memory_budget("1KiB", 1000), Ok(1024));
-        assert!(parse_memory_budget("0%", 1000).is_err());
-        assert!(parse_memory_budget("150%", 1000).is_err());
+    }
+
+    /// Issue 9 §4.2: an unknown model is refused before anything runs, with its line.
+    #[test]
+    fn unknown_model_names_the_line() {
+        let got = err("[[job]]\ninput = \"a\"\noutput = \"b\"\n\n[[job]]\ninput = \"c\"\noutput = \"d\"\nmodel = \"lama\"\n");
+        assert!(got.starts_with("m.toml:8: unknown model 'lama'"), "{got}");
+        assert!(parse("[[job]]\ninput = \"a\"\noutput = \"b\"\nmodel = \"llama\"\n").is_ok());
+    }
+
+    #[test]
+    fn sizes_are_the_cli_sizes() {
+        let m =
+            parse("[[job]]\ninput = \"a\"\noutput = \"b\"\nmax_shard_size = \"5Gb\"\n").unwrap();
+        assert_eq!(
+            m.jobs[0].spec.max_shard_size,
+            crate::options::parse_size("5Gb").ok()
+        );
+        assert_eq!(m.jobs[0].spec.max_shard_size, Some(625_000_000));
     }
 
     #[test]

@@ -198,13 +198,223 @@ impl fmt::Display for Expr {
     }
 }
 
+// ------------------------------------------------------------------------------------------------------------------
+// Layouts: how N parts sit inside one fused tensor, both ways.
+
+/// Which axis a [`Layout::Concat`] uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Axis {
+    /// Dimension 0 (rows).
+    First,
+    /// The last dimension (columns of a 2-D weight; dimension 0 of a 1-D bias).
+    Last,
+}
+
+impl Axis {
+    /// The dimension this axis names in a tensor of `rank` dimensions.
+    pub fn dim(self, rank: usize) -> usize {
+        match self {
+            Axis::First => 0,
+            Axis::Last => rank.saturating_sub(1),
+        }
+    }
+}
+
+/// How N parts sit inside one fused tensor. Every layout works both ways: [`Layout::split`] cuts a fused tensor
+/// into its parts and [`Layout::fuse`] is its exact inverse. Both build views and row gathers only (reshape,
+/// narrow, concat), so the executor streams them. Layouts know no hyper-parameters: the caller gives the numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// The parts one after another along an axis: `extents[p]` entries of that axis each.
+    Concat(Axis),
+    /// The parts alternate row by row: fused row `r·N + p` is row `r` of part `p` (N equal parts), as the
+    /// MindFormers mcore fused gate/up weight (`linear_fc1`: row 2r = gate[r], 2r+1 = up[r]).
+    InterleaveRows,
+    /// Attention heads by KV group: the fused rows are `groups` blocks, and block g holds part 0's g-th slice,
+    /// then part 1's g-th slice, and so on (`extents[p]` rows each). With parts q/k/v and extents
+    /// `[q_heads_per_group·head_dim, head_dim, head_dim]` this is the MindFormers mcore `linear_qkv`; with
+    /// `groups = n_head` and extents `[head_dim; 3]` it is bloom's `(n_head, 3, head_dim)` fused q/k/v.
+    GroupedHeads { groups: usize },
+    /// The parts stacked on a new leading axis: fused `[N, …]`, part p = fused[p].
+    Stack,
+}
+
+impl Layout {
+    /// Cut `fused` (of shape `shape`) into `extents.len()` parts. `extents` are the parts' extents along the cut
+    /// (for [`Layout::GroupedHeads`], per group); [`Layout::InterleaveRows`] and [`Layout::Stack`] use only their
+    /// count.
+    pub fn split(
+        self,
+        fused: &Expr,
+        shape: &[usize],
+        extents: &[usize],
+    ) -> Result<Vec<Expr>, ShapeError> {
+        let n = extents.len();
+        if n == 0 {
+            return Err(ShapeError("split into no parts".into()));
+        }
+        let (&rows, rest) = shape
+            .split_first()
+            .ok_or_else(|| ShapeError("cannot split a scalar".into()))?;
+        let with_rows = |r: usize| -> Vec<usize> {
+            let mut v = vec![r];
+            v.extend_from_slice(rest);
+            v
+        };
+        match self {
+            Layout::Concat(axis) => {
+                let dim = axis.dim(shape.len());
+                let total: usize = extents.iter().sum();
+                if total != shape[dim] {
+                    return Err(ShapeError(format!(
+                        "dim {dim} of shape {shape:?} is {}, but the parts need {total} ({extents:?})",
+                        shape[dim]
+                    )));
+                }
+                let mut start = 0;
+                Ok(extents
+                    .iter()
+                    .map(|&len| {
+                        let e = fused.clone().narrow(dim, start, len);
+                        start += len;
+                        e
+                    })
+                    .collect())
+            }
+            Layout::InterleaveRows => {
+                if rows % n != 0 {
+                    return Err(ShapeError(format!(
+                        "{rows} rows of shape {shape:?} do not interleave {n} equal parts"
+                    )));
+                }
+                let r = rows / n;
+                let mut grouped = vec![r, n];
+                grouped.extend_from_slice(rest);
+                Ok((0..n)
+                    .map(|p| {
+                        fused
+                            .clone()
+                            .reshape(grouped.clone())
+                            .narrow(1, p, 1)
+                            .reshape(with_rows(r))
+                    })
+                    .collect())
+            }
+            Layout::GroupedHeads { groups } => {
+                let per: usize = extents.iter().sum();
+                if groups == 0 || groups.checked_mul(per) != Some(rows) {
+                    return Err(ShapeError(format!(
+                        "{rows} rows of shape {shape:?} are not {groups} groups of {per} ({extents:?})"
+                    )));
+                }
+                let mut grouped = vec![groups, per];
+                grouped.extend_from_slice(rest);
+                let mut start = 0;
+                Ok(extents
+                    .iter()
+                    .map(|&len| {
+                        let e = fused
+                            .clone()
+                            .reshape(grouped.clone())
+                            .narrow(1, start, len)
+                            .reshape(with_rows(groups * len));
+                        start += len;
+                        e
+                    })
+                    .collect())
+            }
+            Layout::Stack => {
+                if rows != n {
+                    return Err(ShapeError(format!(
+                        "dim 0 of shape {shape:?} is {rows}, expected {n} stacked parts"
+                    )));
+                }
+                Ok((0..n)
+                    .map(|p| fused.clone().narrow(0, p, 1).reshape(rest.to_vec()))
+                    .collect())
+            }
+        }
+    }
+
+    /// Fuse `parts` (with their shapes) into one tensor: the inverse of [`Layout::split`].
+    pub fn fuse(self, parts: &[Expr], shapes: &[Vec<usize>]) -> Result<Expr, ShapeError> {
+        let first = shapes
+            .first()
+            .ok_or_else(|| ShapeError("fuse of no parts".into()))?;
+        let same = || -> Result<(), ShapeError> {
+            match shapes.iter().find(|s| *s != first) {
+                Some(s) => Err(ShapeError(format!(
+                    "parts must have equal shapes: {s:?} vs {first:?}"
+                ))),
+                None => Ok(()),
+            }
+        };
+        let (&rows, rest) = first
+            .split_first()
+            .ok_or_else(|| ShapeError("cannot fuse scalars".into()))?;
+        let n = parts.len();
+        Ok(match self {
+            Layout::Concat(axis) => Expr::Concat(parts.to_vec(), axis.dim(first.len())),
+            Layout::InterleaveRows => {
+                same()?;
+                let mut one = vec![rows, 1];
+                one.extend_from_slice(rest);
+                let mut fused = vec![rows * n];
+                fused.extend_from_slice(rest);
+                Expr::Concat(
+                    parts
+                        .iter()
+                        .map(|p| p.clone().reshape(one.clone()))
+                        .collect(),
+                    1,
+                )
+                .reshape(fused)
+            }
+            Layout::GroupedHeads { groups } => {
+                let mut total = 0usize;
+                let mut pieces = Vec::with_capacity(n);
+                for (p, s) in parts.iter().zip(shapes) {
+                    let (&r, prest) = s
+                        .split_first()
+                        .ok_or_else(|| ShapeError("cannot fuse scalars".into()))?;
+                    if prest != rest || groups == 0 || r % groups != 0 {
+                        return Err(ShapeError(format!(
+                            "part of shape {s:?} does not split into {groups} groups beside {first:?}"
+                        )));
+                    }
+                    let mut g = vec![groups, r / groups];
+                    g.extend_from_slice(rest);
+                    pieces.push(p.clone().reshape(g));
+                    total += r;
+                }
+                let mut fused = vec![total];
+                fused.extend_from_slice(rest);
+                Expr::Concat(pieces, 1).reshape(fused)
+            }
+            Layout::Stack => {
+                same()?;
+                let mut one = vec![1];
+                one.extend_from_slice(first);
+                Expr::Concat(
+                    parts
+                        .iter()
+                        .map(|p| p.clone().reshape(one.clone()))
+                        .collect(),
+                    0,
+                )
+            }
+        })
+    }
+}
+
 /// One output tensor of a plan.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlanItem {
     pub name: String,
     pub expr: Expr,
-    /// The model fixed this tensor's dtype (e.g. glm's fp16 `input_layernorm`): a global `--dtype` leaves it.
-    pub pinned_dtype: bool,
+    /// The model fixes this floating tensor's final dtype (e.g. glm's fp16 `input_layernorm`); the dtype policy
+    /// ([`crate::plan::apply_dtype`]) applies it after a global `--dtype`.
+    pub pin: Option<DType>,
 }
 
 impl PlanItem {
@@ -212,7 +422,7 @@ impl PlanItem {
         PlanItem {
             name: name.into(),
             expr,
-            pinned_dtype: false,
+            pin: None,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! End-to-end tests of `convert-batch` on pure format conversions of fixture files (copied into a tempdir, so
-//! touching them never changes the shared fixtures).
+//! touching them never changes the vendored fixtures).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -7,14 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-fn fixtures() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/edge");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("note: {} is absent: test skipped", p.display());
-        None
-    }
+#[path = "common/fixtures.rs"]
+mod locate;
+
+/// `tests/fixtures/edge`; a missing fixture fails the test with its path.
+fn fixtures() -> PathBuf {
+    locate::fixture("edge")
 }
 
 fn batch(dir: &Path, args: &[&str]) -> Output {
@@ -77,7 +75,7 @@ impl Work {
             "ms_dtypes.ckpt",
             "ms_sliced_rows.ckpt",
         ] {
-            std::fs::copy(fx.join(f), input.join(f)).unwrap();
+            std::fs::copy(locate::require(fx.join(f)), input.join(f)).unwrap();
         }
         write_safetensors(
             &input.join("w.safetensors"),
@@ -195,7 +193,7 @@ fn outputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn corrupt_input_fails_only_its_job() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let w = Work::new(&fx, true);
     let o = w.run(&["--report", "r.json", "--junit", "j.xml"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -236,7 +234,7 @@ fn corrupt_input_fails_only_its_job() {
 
 #[test]
 fn jobs_1_and_jobs_4_write_identical_bytes() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let a = Work::new(&fx, false);
     let b = Work::new(&fx, false);
     let oa = a.run(&["--jobs", "1"]);
@@ -250,7 +248,7 @@ fn jobs_1_and_jobs_4_write_identical_bytes() {
 
 #[test]
 fn reruns_skip_and_touching_an_input_reruns_only_its_jobs() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let w = Work::new(&fx, false);
     let o = w.run(&["--report", "r1.json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -299,7 +297,7 @@ fn reruns_skip_and_touching_an_input_reruns_only_its_jobs() {
 
 #[test]
 fn check_catches_a_changed_tensor() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let w = Work::new(&fx, false);
     let o = w.run(&["--write-golden", "golden.json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -335,7 +333,7 @@ fn check_catches_a_changed_tensor() {
 
 #[test]
 fn dry_run_writes_nothing() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let w = Work::new(&fx, false);
     let o = w.run(&["--dry-run", "--report", "r.json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -350,7 +348,7 @@ fn dry_run_writes_nothing() {
 #[test]
 fn shards_cover_every_job_once_and_merge() {
     // Works whether jobs succeed or fail: the reports list every job of their shard.
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let w = Work::new(&fx, true);
     let mut names = Vec::new();
     for k in 1..=3 {
@@ -476,7 +474,7 @@ fn bad_manifest_exits_2_with_the_line() {
 
 #[test]
 fn plain_progress_lines_when_stderr_is_not_a_terminal() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let w = Work::new(&fx, true);
     let o = batch(w.path(), &["m.toml", "--jobs", "1"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -489,4 +487,236 @@ fn plain_progress_lines_when_stderr_is_not_a_terminal() {
         "{}",
         text(&o)
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Issue 9 §4: what a new user hits. These tests make their own inputs (no fixtures needed).
+
+fn weight_cmd(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_convert-weight"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run convert-weight")
+}
+
+/// A directory with `in/a.safetensors` and `in/b.safetensors` and the manifest text `m` as `jobs.toml`.
+fn small_work(m: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    write_safetensors(
+        &dir.path().join("in/a.safetensors"),
+        &[("x", &[1.0, 2.0]), ("y", &[3.0])],
+    );
+    write_safetensors(&dir.path().join("in/b.safetensors"), &[("z", &[4.0])]);
+    std::fs::write(dir.path().join("jobs.toml"), m).unwrap();
+    dir
+}
+
+/// §4.2: an unknown model is refused before anything runs, with `file:line`, exit 2.
+#[test]
+fn unknown_model_is_refused_before_anything_runs() {
+    let d = small_work(
+        "[[job]]\nname = \"ok\"\ninput = \"in/b.safetensors\"\noutput = \"out/b.ckpt\"\n\n[[job]]\nname = \"typo\"\nmodel = \"lama\"\ninput = \"in/a.safetensors\"\noutput = \"out/a.ckpt\"\n",
+    );
+    let o = batch(
+        d.path(),
+        &["jobs.toml", "--no-progress", "--report", "r.json"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("jobs.toml:8: unknown model 'lama'"), "{err}");
+    assert!(!d.path().join("out").exists(), "nothing ran");
+    assert!(!d.path().join("r.json").exists());
+}
+
+/// §4.9: a type error reads in the manifest's words.
+#[test]
+fn manifest_type_errors_in_the_manifest_words() {
+    let d = small_work(
+        "[[job]]\ninput = \"in/a.safetensors\"\noutput = \"out/a.ckpt\"\nn_head = \"4\"\n",
+    );
+    let o = batch(d.path(), &["jobs.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(r#"jobs.toml:4: key 'n_head' must be a positive integer, got the string "4""#),
+        "{err}"
+    );
+    assert!(!err.contains("expected i64"), "{err}");
+}
+
+/// §3: `--n_head 0` is refused by the CLI as by the manifest; sizes and dtypes go through the same parsers.
+#[test]
+fn cli_refuses_what_the_manifest_refuses() {
+    let d = small_work("");
+    for (args, want) in [
+        (&["--n_head", "0"][..], "must be a positive integer, got 0"),
+        (&["--layers=-2"], "must be a positive integer"),
+        (&["--dtype", "fp8"], "unknown dtype 'fp8'"),
+        (&["--device", "tpu"], "unknown device 'tpu'"),
+        (&["--max-shard-size", "1.5GB"], "invalid size '1.5GB'"),
+    ] {
+        let mut a = vec![
+            "--input_path",
+            "in/a.safetensors",
+            "--output_path",
+            "out/a.ckpt",
+        ];
+        a.extend_from_slice(args);
+        let o = weight_cmd(d.path(), &a);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!d.path().join("out").exists());
+    }
+}
+
+/// §4.7: every path in a report is absolute, for jobs that ran and for jobs skipped, with a relative manifest.
+#[test]
+fn report_paths_are_absolute() {
+    let d = small_work(
+        "[[job]]\nname = \"a\"\ninput = \"in/a.safetensors\"\noutput = \"out/a.ckpt\"\n[[job]]\nname = \"b\"\ninput = \"./in/../in/a.safetensors\"\noutput = \"out/shards/\"\nmax_shard_size = 8\n[[job]]\nname = \"c\"\ninput = \"in/b.safetensors\"\noutput = \"out/c.bin\"\n",
+    );
+    for (k, status) in [(1, "ok"), (2, "skipped")] {
+        let rep = format!("r{k}.json");
+        let o = batch(d.path(), &["jobs.toml", "--no-progress", "--report", &rep]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let r: Value =
+            serde_json::from_str(&std::fs::read_to_string(d.path().join(&rep)).unwrap()).unwrap();
+        let (mut n, mut hashed) = (0, 0);
+        for j in r["jobs"].as_array().unwrap() {
+            assert_eq!(j["status"], status, "{j}");
+            for e in j["inputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(j["outputs"].as_array().unwrap())
+            {
+                let p = Path::new(e["path"].as_str().unwrap());
+                assert!(p.is_absolute(), "run {k}: {}", p.display());
+                assert!(p.exists(), "run {k}: {}", p.display());
+                assert!(!p.to_string_lossy().contains("/./"), "{}", p.display());
+                assert!(!p.to_string_lossy().contains("/../"), "{}", p.display());
+                // Output hashes (computed while writing, shards and index included) are the files' hashes.
+                if let Some(h) = e.get("sha256").and_then(Value::as_str) {
+                    let got = convert_weight::fsio::sha256_file(p).unwrap();
+                    assert_eq!(h, got, "{}", p.display());
+                    hashed += 1;
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 6, "run {k}: {n} paths checked");
+        assert!(hashed >= 4, "run {k}: {hashed} output hashes checked");
+    }
+}
+
+/// §4.8: `verify --help` documents A and B and its own --model/--reversed; no arguments prints the usage.
+#[test]
+fn verify_help_and_bare_usage() {
+    let d = tempfile::tempdir().unwrap();
+    let o = weight_cmd(d.path(), &["verify", "--help"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let help = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "<A>",
+        "<B>",
+        "The checkpoint to check",
+        "The expected checkpoint",
+        "then compare",
+        "A is a MindSpore checkpoint",
+    ] {
+        assert!(help.contains(want), "verify --help lacks {want:?}:\n{help}");
+    }
+    assert!(
+        !help.contains("Convert MindSpore -> torch/HF instead"),
+        "convert's help text in verify:\n{help}"
+    );
+    let o = weight_cmd(d.path(), &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("Usage:"), "{err}");
+    assert!(err.contains("--input_path"), "{err}");
+    assert!(!err.contains("error: missing --input_path"), "{err}");
+}
+
+/// §4.11: outputs, shards, index, fingerprints, reports and golden files get the mode of `open(O_CREAT, 0666)`
+/// under the umask, not the temporary file's 0600.
+#[cfg(unix)]
+#[test]
+fn outputs_get_the_mode_of_a_plain_create() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let d = small_work(
+        "[[job]]\nname = \"a\"\ninput = \"in/a.safetensors\"\noutput = \"out/a.ckpt\"\n[[job]]\nname = \"b\"\ninput = \"in/a.safetensors\"\noutput = \"out/shards/\"\nmax_shard_size = 8\n",
+    );
+    let umask = 0o027;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_convert-batch"));
+    cmd.current_dir(d.path()).args([
+        "jobs.toml",
+        "--no-progress",
+        "--report",
+        "rep/r.json",
+        "--junit",
+        "rep/j.xml",
+        "--write-golden",
+        "golden.json",
+    ]);
+    // SAFETY: umask is async-signal-safe; it only sets the child's mask before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(umask);
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let mut files = vec![
+        d.path().join("rep/r.json"),
+        d.path().join("rep/j.xml"),
+        d.path().join("golden.json"),
+    ];
+    for sub in ["out", "out/shards"] {
+        for e in std::fs::read_dir(d.path().join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() && !p.file_name().unwrap().to_string_lossy().starts_with('.') {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() >= 8, "{files:?}");
+    assert!(files
+        .iter()
+        .any(|p| p.to_string_lossy().ends_with(".index.json")));
+    assert!(files
+        .iter()
+        .any(|p| p.to_string_lossy().ends_with(".cw-fingerprint.json")));
+    for p in &files {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666 & !umask, "{}: {mode:o}", p.display());
+    }
+    // The single-job CLI too.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_convert-weight"));
+    cmd.current_dir(d.path()).args([
+        "--input_path",
+        "in/b.safetensors",
+        "--output_path",
+        "single.bin",
+    ]);
+    // SAFETY: as above.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(umask);
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let mode = std::fs::metadata(d.path().join("single.bin"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o666 & !umask);
 }

@@ -91,9 +91,8 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 
 #[test]
 fn fixture_ckpts_match_their_sidecars() {
-    let Some(fx) = fixtures() else { return };
-    let files = files_with_suffix(&fx, ".ckpt");
-    assert!(files.len() >= 40, "found {} ckpt fixtures", files.len());
+    let files = golden_files(".ckpt");
+    let n = files.len();
     for f in files {
         let ck = ckpt::read(&f).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ck.format, "mindspore_ckpt_protobuf");
@@ -117,13 +116,15 @@ fn fixture_ckpts_match_their_sidecars() {
         let again = formats::open_file(&f).unwrap();
         assert_same_tensors(&ck, &again, "open_file");
     }
+    checked("ckpt fixtures against their sidecars", n, CKPTS);
 }
 
 #[test]
 fn fixture_ckpts_rewrite_byte_identical() {
-    let Some(fx) = fixtures() else { return };
     let out = tempfile::tempdir().unwrap();
-    for f in files_with_suffix(&fx, ".ckpt") {
+    let files = golden_files(".ckpt");
+    let n = files.len();
+    for f in files {
         let ck = ckpt::read(&f).unwrap();
         let original = std::fs::read(&f).unwrap();
         let name = f.file_name().unwrap().to_str().unwrap();
@@ -155,6 +156,7 @@ fn fixture_ckpts_rewrite_byte_identical() {
             f.display()
         );
     }
+    checked("ckpt fixtures rewritten", n, CKPTS);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

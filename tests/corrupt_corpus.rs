@@ -187,9 +187,9 @@ fn truncations(dir: &Path, label: &str, bytes: &[u8], points: &[usize], ext: &st
         .collect()
 }
 
-fn fixture(rel: &str) -> Option<PathBuf> {
-    let p = common::fixtures()?.join(rel);
-    p.is_file().then_some(p)
+/// A vendored fixture file; the test fails naming it when it is missing.
+fn fixture(rel: &str) -> PathBuf {
+    common::fixture(rel)
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -304,7 +304,8 @@ fn safetensors_corrupt() {
         v
     });
 
-    if let Some(f) = fixture("llama/fp32/safetensors/model.safetensors") {
+    {
+        let f = fixture("llama/fp32/safetensors/model.safetensors");
         let bytes = std::fs::read(&f).unwrap();
         let h = safetensors_header_len(&bytes);
         cases.extend(truncations(
@@ -468,7 +469,7 @@ fn ckpt_corrupt() {
         ("llama/fp32/ms/expected.ckpt", "llama-ckpt"),
         ("edge/ms_sliced_bytes.ckpt", "sliced-ckpt"),
     ] {
-        let Some(f) = fixture(rel) else { continue };
+        let f = fixture(rel);
         let bytes = std::fs::read(&f).unwrap();
         let n = bytes.len();
         cases.extend(truncations(
@@ -582,7 +583,8 @@ fn torch_zip_corrupt() {
         zip_set_method(&mut z, 8);
         z
     });
-    if let Some(f) = fixture("llama/fp32/torch/pytorch_model.bin") {
+    {
+        let f = fixture("llama/fp32/torch/pytorch_model.bin");
         let bytes = std::fs::read(&f).unwrap();
         let n = bytes.len();
         cases.extend(truncations(
@@ -725,9 +727,7 @@ fn torch_pickle_hostile() {
 fn torch_legacy_corrupt() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let Some(f) = fixture("edge/torch_legacy.bin") else {
-        return;
-    };
+    let f = fixture("edge/torch_legacy.bin");
     expect_converts("legacy fixture", &f, &[]);
     let bytes = std::fs::read(&f).unwrap();
     let n = bytes.len();
@@ -751,8 +751,8 @@ fn torch_legacy_corrupt() {
 // ------------------------------------------------------------------------------------------------------------
 
 /// A safetensors shard set made by the tool from the llama fixture: (dir, index path, shard paths).
-fn make_shards(dir: &Path) -> Option<(PathBuf, Vec<PathBuf>)> {
-    let src = fixture("llama/fp32/safetensors/model.safetensors")?;
+fn make_shards(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
+    let src = fixture("llama/fp32/safetensors/model.safetensors");
     std::fs::create_dir_all(dir).unwrap();
     let out = dir.join("model.safetensors");
     common::cw_ok(&[
@@ -775,16 +775,14 @@ fn make_shards(dir: &Path) -> Option<(PathBuf, Vec<PathBuf>)> {
         dir.display(),
         entries(dir)
     );
-    Some((dir.join("model.safetensors.index.json"), shards))
+    (dir.join("model.safetensors.index.json"), shards)
 }
 
 #[test]
 fn sharded_index_corrupt() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let Some((index, shards)) = make_shards(&d.join("good")) else {
-        return;
-    };
+    let (index, shards) = make_shards(&d.join("good"));
     let mut cases = Vec::new();
     let fname = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
 
@@ -852,7 +850,8 @@ fn sharded_index_corrupt() {
     std::fs::write(&s0, &b[..b.len() / 2]).unwrap();
     cases.push(Case::new("truncated shard", cut).names(&[&fname(&shards[0])]));
 
-    if let Some(f) = fixture("llama/fp32/torch_sharded/pytorch_model.bin.index.json") {
+    {
+        let f = fixture("llama/fp32/torch_sharded/pytorch_model.bin.index.json");
         let dir = d.join("torch_sharded");
         copy_dir(f.parent().unwrap(), &dir);
         std::fs::remove_file(dir.join("pytorch_model-00002-of-00002.bin")).unwrap();
@@ -874,9 +873,7 @@ fn config_contradicts_weights() {
         ("safetensors", "model.safetensors"),
         ("torch", "pytorch_model.bin"),
     ] {
-        let Some(src) = fixture(&format!("llama/fp32/{sub}/{weights}")) else {
-            continue;
-        };
+        let src = fixture(&format!("llama/fp32/{sub}/{weights}"));
         let good = d.join(format!("{sub}-good"));
         copy_dir(src.parent().unwrap(), &good);
         expect_converts(
@@ -925,15 +922,11 @@ fn dir_hashes(dir: &Path) -> Vec<(String, String)> {
 fn refuses_to_overwrite_inputs() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let Some(src) = fixture("llama/fp32/safetensors/model.safetensors") else {
-        return;
-    };
+    let src = fixture("llama/fp32/safetensors/model.safetensors");
     let single = d.join("single");
     copy_dir(src.parent().unwrap(), &single);
     let input = single.join("model.safetensors");
-    let Some((index, shards)) = make_shards(&d.join("sharded")) else {
-        return;
-    };
+    let (index, shards) = make_shards(&d.join("sharded"));
     let sharded = d.join("sharded");
 
     let runs: Vec<(&str, PathBuf, PathBuf, Vec<&str>)> = vec![
@@ -1024,16 +1017,23 @@ fn refuses_to_overwrite_inputs() {
 // Fuzz regressions and batches
 // ------------------------------------------------------------------------------------------------------------
 
-/// Every input under `tests/regress/` (crashes found by fuzzing, see docs/reliability.md) must fail cleanly.
+/// How many inputs `tests/regress/` holds (see its README.md); a lost or an unlisted file fails the test.
+const REGRESS_INPUTS: usize = 21;
+
+/// Every input under `tests/regress/` (minimised hostile inputs on paths that were bugs or are easy to get wrong,
+/// written by tools/make-regress.py; crashes found by fuzzing go there too) must fail cleanly.
 #[test]
 fn fuzz_regressions() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/regress");
+    assert!(
+        root.is_dir(),
+        "missing {}: restore it with `git checkout -- tests/regress`",
+        root.display()
+    );
     let mut cases = Vec::new();
     let mut stack = vec![root];
     while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
+        let rd = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         for e in rd {
             let p = e.unwrap().path();
             if p.is_dir() {
@@ -1043,6 +1043,13 @@ fn fuzz_regressions() {
             }
         }
     }
+    cases.sort_by(|a, b| a.path.cmp(&b.path));
+    println!("checked {} regression inputs", cases.len());
+    assert_eq!(
+        cases.len(),
+        REGRESS_INPUTS,
+        "inputs under tests/regress/ (update REGRESS_INPUTS and tests/regress/README.md together)"
+    );
     check_cases(&cases);
 }
 
@@ -1065,9 +1072,7 @@ fn find_job<'a>(v: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::
 fn batch_isolates_a_corrupt_job() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let Some(src) = fixture("llama/fp32/safetensors/model.safetensors") else {
-        return;
-    };
+    let src = fixture("llama/fp32/safetensors/model.safetensors");
     copy_dir(src.parent().unwrap(), &d.join("good"));
     let bytes = std::fs::read(&src).unwrap();
     write(&d.join("bad/model.safetensors"), &bytes[..bytes.len() / 2]);

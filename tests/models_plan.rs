@@ -7,19 +7,15 @@ use std::path::{Path, PathBuf};
 
 use convert_weight::models::{find, registry, HyperParams, ModelError};
 use convert_weight::ops::{Expr, Plan};
+use convert_weight::plan::apply_dtype;
 use convert_weight::tensor::{DType, TensorInfo};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-fn fixtures() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
-    if p.join("index.json").is_file() {
-        Some(p)
-    } else {
-        eprintln!("note: {} absent, fixture tests skipped", p.display());
-        None
-    }
-}
+// The shared fixture locator (tests/fixtures): a missing fixture fails the test with its path.
+#[path = "common/fixtures.rs"]
+mod locate;
+use locate::{checked, fixtures, is_full_variant, FULL_VARIANTS, SIDECAR_VARIANTS};
 
 fn json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -102,23 +98,21 @@ impl Variant {
     fn input_sets(&self) -> Vec<(&'static str, Vec<TensorInfo>)> {
         let mut out = vec![("torch", infos(&self.torch_input()))];
         let st = self.dir.join("safetensors/model.safetensors.tensors.json");
-        if st.is_file() {
-            out.push(("safetensors", infos(&st)));
-        }
-        let mut shards: Vec<PathBuf> = std::fs::read_dir(self.dir.join("torch_sharded"))
+        out.push(("safetensors", infos(&st)));
+        let sharded = self.dir.join("torch_sharded");
+        let mut shards: Vec<PathBuf> = std::fs::read_dir(&sharded)
             .map(|rd| {
                 rd.filter_map(|e| e.ok().map(|e| e.path()))
                     .filter(|p| p.to_string_lossy().ends_with(".bin.tensors.json"))
                     .collect()
             })
-            .unwrap_or_default();
+            .unwrap_or_else(|e| panic!("missing fixture {}: {e}", sharded.display()));
         shards.sort();
-        if !shards.is_empty() {
-            out.push((
-                "torch_sharded",
-                shards.iter().flat_map(|p| infos(p)).collect(),
-            ));
-        }
+        assert_eq!(shards.len(), 2, "shard sidecars in {}", sharded.display());
+        out.push((
+            "torch_sharded",
+            shards.iter().flat_map(|p| infos(p)).collect(),
+        ));
         out
     }
     fn expected(&self) -> Vec<(TensorInfo, String)> {
@@ -126,16 +120,19 @@ impl Variant {
     }
 }
 
-/// name → (dtype, shape, pinned) of a plan's outputs.
+/// name → (dtype, shape, pinned) of a plan's outputs, after the dtype policy (no `--dtype`).
 fn outputs(plan: &Plan, inputs: &[TensorInfo]) -> BTreeMap<String, (DType, Vec<usize>, bool)> {
+    let mut items = plan.items.clone();
+    apply_dtype(&mut items, inputs, None).unwrap();
     let mut m = BTreeMap::new();
-    for it in &plan.items {
+    for it in &items {
         let (d, s) = it
             .expr
             .infer(inputs)
             .unwrap_or_else(|e| panic!("{}: {e}", it.name));
         assert!(
-            m.insert(it.name.clone(), (d, s, it.pinned_dtype)).is_none(),
+            m.insert(it.name.clone(), (d, s, it.pin.is_some()))
+                .is_none(),
             "duplicate output {}",
             it.name
         );
@@ -180,8 +177,10 @@ fn registry_lists_ten_families_and_aliases() {
 
 #[test]
 fn forward_matches_expected_names_shapes_dtypes() {
-    let Some(root) = fixtures() else { return };
-    for v in variants(&root) {
+    let root = fixtures();
+    let vs = variants(&root);
+    checked("variants", vs.len(), FULL_VARIANTS + SIDECAR_VARIANTS);
+    for v in vs {
         let fam = find(&v.key).unwrap();
         let expected = v.expected();
         for (layout, inputs) in v.input_sets() {
@@ -240,8 +239,10 @@ fn reverse_target(v: &Variant) -> Vec<(TensorInfo, String)> {
 
 #[test]
 fn reverse_matches_reference_names_shapes_dtypes() {
-    let Some(root) = fixtures() else { return };
-    for v in variants(&root) {
+    let root = fixtures();
+    let vs = variants(&root);
+    checked("variants", vs.len(), FULL_VARIANTS + SIDECAR_VARIANTS);
+    for v in vs {
         let fam = find(&v.key).unwrap();
         let inputs: Vec<TensorInfo> = v.expected().into_iter().map(|(t, _)| t).collect();
         let plan = fam
@@ -421,8 +422,16 @@ fn load_safetensors(path: &Path) -> (Vec<TensorInfo>, Vec<Tensor>) {
     (infos, ts)
 }
 
+/// Evaluate a plan after the dtype policy (no `--dtype`: pins only).
 fn run(plan: &Plan, inputs: &[Tensor]) -> Vec<(TensorInfo, Tensor)> {
-    plan.items
+    let infos: Vec<TensorInfo> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| TensorInfo::new(format!("#{i}"), t.dtype, t.shape.clone()))
+        .collect();
+    let mut items = plan.items.clone();
+    apply_dtype(&mut items, &infos, None).unwrap();
+    items
         .iter()
         .map(|it| {
             let t = eval(&it.expr, inputs);
@@ -438,13 +447,16 @@ fn run(plan: &Plan, inputs: &[Tensor]) -> Vec<(TensorInfo, Tensor)> {
 /// that output: every tensor has the sha256 of the reference's reversed file (or of the input).
 #[test]
 fn values_match_reference_sha256_both_directions() {
-    let Some(root) = fixtures() else { return };
+    let root = fixtures();
     let mut compared = 0usize;
+    let mut full = 0usize;
     for v in variants(&root) {
-        let st = v.dir.join("safetensors/model.safetensors");
-        if !st.is_file() {
+        // values need the data files: only the variants vendored whole
+        if !is_full_variant(&v.label) {
             continue;
         }
+        full += 1;
+        let st = v.dir.join("safetensors/model.safetensors");
         let fam = find(&v.key).unwrap();
         let hp = v.hp();
         let (infos, data) = load_safetensors(&st);
@@ -502,6 +514,7 @@ fn values_match_reference_sha256_both_directions() {
             }
         }
     }
+    checked("variants compared by value", full, FULL_VARIANTS);
     eprintln!("{compared} tensors compared by sha256");
     assert!(compared > 500, "only {compared} tensors compared");
 }
@@ -518,7 +531,7 @@ fn variant(root: &Path, label: &str) -> Variant {
 
 #[test]
 fn unmapped_names_are_all_listed() {
-    let Some(root) = fixtures() else { return };
+    let root = fixtures();
     for label in [
         "llama/fp32",
         "gpt2/fp32",
@@ -559,7 +572,7 @@ fn unmapped_names_are_all_listed() {
 
 #[test]
 fn missing_fusion_part_is_an_error_naming_it() {
-    let Some(root) = fixtures() else { return };
+    let root = fixtures();
     for (label, missing) in [
         ("qwen/fp32", "transformer.layers.1.attention.wk.bias"),
         ("baichuan/fp32", "model.layers.0.attention.wv.weight"),
@@ -599,7 +612,7 @@ fn missing_fusion_part_is_an_error_naming_it() {
 
 #[test]
 fn contradicting_hyper_parameters_are_errors() {
-    let Some(root) = fixtures() else { return };
+    let root = fixtures();
     let with = |label: &str, f: &dyn Fn(&mut HyperParams)| {
         let v = variant(&root, label);
         let mut hp = v.hp();
@@ -652,7 +665,7 @@ fn contradicting_hyper_parameters_are_errors() {
 
 #[test]
 fn wizardcoder_derives_sizes_and_synthesises_the_tied_head() {
-    let Some(root) = fixtures() else { return };
+    let root = fixtures();
     let v = variant(&root, "wizardcoder/fp32");
     let fam = find(&v.key).unwrap();
     let inputs: Vec<TensorInfo> = infos(&v.torch_input())
@@ -681,7 +694,7 @@ fn wizardcoder_derives_sizes_and_synthesises_the_tied_head() {
 
 #[test]
 fn gpt_accepts_prefixed_names_and_drops_the_tied_head() {
-    let Some(root) = fixtures() else { return };
+    let root = fixtures();
     let v = variant(&root, "gpt2/fp16");
     let fam = find("gpt2").unwrap();
     let plain = infos(&v.torch_input());
@@ -708,7 +721,7 @@ fn gpt_accepts_prefixed_names_and_drops_the_tied_head() {
 
 #[test]
 fn reverse_drops_training_state_by_named_rules() {
-    let Some(root) = fixtures() else { return };
+    let root = fixtures();
     let v = variant(&root, "llama/fp32");
     let mut ms: Vec<TensorInfo> = v.expected().into_iter().map(|(t, _)| t).collect();
     ms.push(TensorInfo::new(
@@ -737,7 +750,7 @@ fn reverse_drops_training_state_by_named_rules() {
 
 #[test]
 fn glm_pins_input_layernorm_to_fp16() {
-    let Some(root) = fixtures() else { return };
+    let root = fixtures();
     let v = variant(&root, "glm/fp32");
     let inputs = infos(&v.torch_input());
     let plan = find("glm").unwrap().forward(&inputs, &v.hp()).unwrap();
@@ -746,8 +759,23 @@ fn glm_pins_input_layernorm_to_fp16() {
         .iter()
         .find(|i| i.name == "transformer.layers.0.input_layernorm.gamma")
         .unwrap();
-    assert!(it.pinned_dtype);
+    assert_eq!(it.pin, Some(DType::F16));
+    assert!(
+        matches!(it.expr, Expr::Input(_)),
+        "the model plan does not cast"
+    );
+    let mut items = plan.items.clone();
+    apply_dtype(&mut items, &inputs, None).unwrap();
+    let it = items.iter().find(|i| i.name == it.name).unwrap();
     assert!(matches!(it.expr, Expr::Cast(_, DType::F16)));
+    // with --dtype bf16: bf16 first, then the pin
+    let mut items = plan.items.clone();
+    apply_dtype(&mut items, &inputs, Some(DType::BF16)).unwrap();
+    let it = items.iter().find(|i| i.name == it.name).unwrap();
+    match &it.expr {
+        Expr::Cast(inner, DType::F16) => assert!(matches!(**inner, Expr::Cast(_, DType::BF16))),
+        e => panic!("{e:?}"),
+    }
     // fp16 source: pinned, no cast
     let v = variant(&root, "glm/fp16");
     let inputs = infos(&v.torch_input());
@@ -757,7 +785,7 @@ fn glm_pins_input_layernorm_to_fp16() {
         .iter()
         .find(|i| i.name == "transformer.layers.1.input_layernorm.beta")
         .unwrap();
-    assert!(it.pinned_dtype && matches!(it.expr, Expr::Input(_)));
+    assert!(it.pin == Some(DType::F16) && matches!(it.expr, Expr::Input(_)));
 }
 
 #[test]

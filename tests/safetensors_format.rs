@@ -34,9 +34,7 @@ fn err_of(bytes: &[u8]) -> String {
 
 #[test]
 fn fixture_safetensors_match_sidecars_and_rewrite_identically() {
-    let Some(fx) = fixtures() else { return };
-    let files = files_with_suffix(&fx, ".safetensors");
-    assert!(files.len() >= 20, "found {}", files.len());
+    let files = golden_files(".safetensors");
     let out = tempfile::tempdir().unwrap();
     for (i, f) in files.iter().enumerate() {
         let what = f.display().to_string();
@@ -84,6 +82,7 @@ fn fixture_safetensors_match_sidecars_and_rewrite_identically() {
         );
         assert_same_tensors(&ck, &st::read(&dst).unwrap(), &what);
     }
+    checked("safetensors fixtures", files.len(), SAFETENSORS);
 }
 
 #[test]

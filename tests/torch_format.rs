@@ -9,44 +9,18 @@ use proptest::prelude::*;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
-fn fixtures() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("note: fixtures dir {} absent: skipping", p.display());
-        None
-    }
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            walk(&p, out);
-        } else if p.to_string_lossy().ends_with(".tensors.json") {
-            out.push(p);
-        }
-    }
-}
+#[path = "common/fixtures.rs"]
+mod locate;
+use locate::*;
 
 /// (data file, sidecar) for every torch sidecar.
 fn torch_sidecars() -> Vec<(PathBuf, Json)> {
-    let Some(root) = fixtures() else {
-        return Vec::new();
-    };
-    let mut all = Vec::new();
-    walk(&root, &mut all);
     let mut out = Vec::new();
-    for sc in all {
+    for sc in golden_files(".tensors.json") {
         let j: Json = serde_json::from_slice(&std::fs::read(&sc).unwrap()).unwrap();
         if j["format"].as_str().is_some_and(|f| f.starts_with("torch")) {
             let s = sc.to_string_lossy();
-            let data = PathBuf::from(s.strip_suffix(".tensors.json").unwrap());
+            let data = require(PathBuf::from(s.strip_suffix(".tensors.json").unwrap()));
             out.push((data, j));
         }
     }
@@ -87,13 +61,6 @@ fn summary(ck: &Checkpoint) -> Vec<(String, String, Vec<usize>, String)> {
 #[test]
 fn every_torch_fixture_reads_as_its_sidecar() {
     let cases = torch_sidecars();
-    if fixtures().is_some() {
-        assert!(
-            cases.len() >= 90,
-            "found only {} torch sidecars",
-            cases.len()
-        );
-    }
     for (path, j) in &cases {
         let format = j["format"].as_str().unwrap();
         let ck = read(path, format);
@@ -150,12 +117,16 @@ fn every_torch_fixture_reads_as_its_sidecar() {
             .sum();
         assert_eq!(tied, grouped, "{}", path.display());
     }
+    checked(
+        "torch fixtures against their sidecars",
+        cases.len(),
+        TORCH_FILES,
+    );
 }
 
 #[test]
 fn wrapper_dict_fixture_descends_into_model() {
-    let Some(root) = fixtures() else { return };
-    let ck = read_zip(&root.join("blip2/fp32/torch/blip2_pretrained.pth")).unwrap();
+    let ck = read_zip(&fixture("blip2/fp16/torch/blip2_pretrained.pth")).unwrap();
     assert!(ck.find("query_tokens").is_some());
     assert!(ck
         .tensors
@@ -309,14 +280,14 @@ fn writer_refuses_bad_declarations() {
 
 #[test]
 fn truncated_files_error_without_panic() {
-    let Some(root) = fixtures() else { return };
+    let root = fixtures();
     let dir = tempfile::tempdir().unwrap();
     for (name, legacy) in [
         ("edge/torch_dtypes.bin", false),
         ("edge/torch_tied.bin", false),
         ("edge/torch_legacy.bin", true),
     ] {
-        let full = std::fs::read(root.join(name)).unwrap();
+        let full = std::fs::read(require(root.join(name))).unwrap();
         let mut cuts: Vec<usize> = (0..full.len()).step_by(37).collect();
         cuts.extend([1, 14, 15, full.len() / 2, full.len() - 1, full.len() - 22]);
         for cut in cuts {

@@ -1,5 +1,5 @@
-//! `convert-batch`: run a manifest of conversions (see `docs/batch.md`). Argument parsing only; the work is in
-//! `convert_weight::runner`.
+//! `convert-batch`: run a manifest of conversions (see the README's batch-runner section). Argument parsing only;
+//! the work is in `convert_weight::runner`.
 //!
 //! Exit status: 0 every job ok or up to date, 1 a job failed (or differs from the golden file), 2 bad manifest or
 //! usage, 130/143 interrupted by SIGINT/SIGTERM (report still written).
@@ -11,8 +11,10 @@ use std::sync::{Arc, OnceLock};
 
 use clap::{Args, Parser, Subcommand};
 
+use convert_weight::fsio;
 use convert_weight::golden::Golden;
-use convert_weight::manifest::{parse_memory_budget, Manifest};
+use convert_weight::manifest::Manifest;
+use convert_weight::options::parse_memory_budget;
 use convert_weight::report::{JobReport, Report, Status};
 use convert_weight::runner::{self, Engine, Options, ProgressMode, Shard};
 
@@ -124,28 +126,19 @@ fn usage(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Write a text file atomically (temporary file in the same directory, then rename).
-fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
-    let err = |e: std::io::Error| format!("{}: {e}", path.display());
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(err)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".convert-batch-")
-        .tempfile_in(&dir)
-        .map_err(err)?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
+/// The table on stdout; a closed stdout (`| head`) is not an error and never stops the report from being written.
+fn print_table(report: &Report) {
+    use std::io::Write;
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(report.to_table().as_bytes());
 }
 
 fn write_outputs(report: &Report, json: Option<&Path>, junit: Option<&Path>) -> bool {
     let mut ok = true;
     for (path, text) in [(json, report.to_json() + "\n"), (junit, report.to_junit())] {
         if let Some(p) = path {
-            if let Err(e) = write_atomic(p, &text) {
+            if let Err(e) = fsio::write_atomic(p, text.as_bytes()) {
                 eprintln!("convert-batch: cannot write {e}");
                 ok = false;
             }
@@ -189,7 +182,7 @@ fn merge(
         }
         merged = Report::new(jobs);
     }
-    print!("{}", merged.to_table());
+    print_table(&merged);
     if !write_outputs(&merged, Some(output), junit) {
         return ExitCode::from(2);
     }
@@ -229,7 +222,7 @@ fn run(a: RunArgs) -> ExitCode {
             }
             match parse_memory_budget(s, avail.unwrap_or(u64::MAX)) {
                 Ok(b) => b,
-                Err(e) => return usage(e),
+                Err(e) => return usage(format!("--memory-budget: {e}")),
             }
         }
     };
@@ -284,7 +277,7 @@ fn run(a: RunArgs) -> ExitCode {
         }
     }
     let report = Report::new(results.into_iter().map(|r| r.report).collect());
-    print!("{}", report.to_table());
+    print_table(&report);
     if !write_outputs(&report, a.report.as_deref(), a.junit.as_deref()) {
         failed_io = true;
     }

@@ -5,17 +5,19 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use clap::{Args, Parser, Subcommand};
-use convert_weight::convert::{self, error_chain, JobSpec, RunControl};
-use convert_weight::formats::sharded::parse_size;
+use convert_weight::convert::{self, error_chain, RunControl};
 use convert_weight::inspect;
 use convert_weight::models;
+use convert_weight::options::{self, JobSpec};
+use convert_weight::tensor::DType;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "convert-weight",
     version,
     about = "Convert LLM weights between PyTorch/HuggingFace and MindSpore",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    arg_required_else_help = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -30,6 +32,26 @@ struct Cli {
     dry_run: bool,
 }
 
+/// Options shared by a conversion and `verify`'s mapping of A; one parser each (see `convert_weight::options`).
+#[derive(Args, Debug, Clone)]
+struct TuneArgs {
+    /// Cast floating tensors: fp32, fp16 or bf16 (integer and bool tensors keep their dtype).
+    #[arg(long, value_parser = options::parse_dtype)]
+    dtype: Option<DType>,
+    /// Attention heads (overrides config.json; a contradiction is an error).
+    #[arg(long = "n_head", alias = "n-head", value_parser = options::parse_positive)]
+    n_head: Option<usize>,
+    /// Hidden size (overrides config.json; a contradiction is an error).
+    #[arg(long = "hidden_size", alias = "hidden-size", value_parser = options::parse_positive)]
+    hidden_size: Option<usize>,
+    /// Number of layers (overrides config.json; a contradiction is an error).
+    #[arg(long, value_parser = options::parse_positive)]
+    layers: Option<usize>,
+    /// Compute device: cpu, cuda, cuda:N or auto (CUDA when built with `--features cuda` and a GPU is present).
+    #[arg(long, value_parser = options::parse_device)]
+    device: Option<String>,
+}
+
 #[derive(Args, Debug, Clone)]
 struct ModelArgs {
     /// Model family (see --list-models). Without it: a pure format conversion.
@@ -38,21 +60,23 @@ struct ModelArgs {
     /// Convert MindSpore -> torch/HF instead of torch/HF -> MindSpore.
     #[arg(long)]
     reversed: bool,
-    /// Cast floating tensors: fp32, fp16 or bf16 (integer and bool tensors keep their dtype).
+    #[command(flatten)]
+    tune: TuneArgs,
+}
+
+/// `verify`'s view of A: how A is mapped before the comparison.
+#[derive(Args, Debug, Clone)]
+struct VerifyModelArgs {
+    /// Map A's tensor names and layouts through this family first (as a conversion of A would), then compare
+    /// with B. Without it, A and B are compared name by name as they are.
     #[arg(long)]
-    dtype: Option<String>,
-    /// Attention heads (overrides config.json; a contradiction is an error).
-    #[arg(long = "n_head", alias = "n-head")]
-    n_head: Option<usize>,
-    /// Hidden size (overrides config.json; a contradiction is an error).
-    #[arg(long = "hidden_size", alias = "hidden-size")]
-    hidden_size: Option<usize>,
-    /// Number of layers (overrides config.json; a contradiction is an error).
+    model: Option<String>,
+    /// With --model: A is a MindSpore checkpoint and B its torch/HF counterpart (map A MindSpore -> HF).
+    /// Without: A is torch/HF and B MindSpore.
     #[arg(long)]
-    layers: Option<usize>,
-    /// Compute device: cpu, cuda, cuda:N or auto (CUDA when built with `--features cuda` and a GPU is present).
-    #[arg(long)]
-    device: Option<String>,
+    reversed: bool,
+    #[command(flatten)]
+    tune: TuneArgs,
 }
 
 #[derive(Args, Debug)]
@@ -63,9 +87,10 @@ struct ConvertArgs {
     /// Output file (.ckpt, .bin/.pt/.pth, .safetensors) or directory (HF shards).
     #[arg(long = "output_path", alias = "output-path")]
     output_path: Option<PathBuf>,
-    /// Split the output into HF shards of at most this size (500KB, 5GB, 10MiB...).
-    #[arg(long = "max-shard-size", alias = "max_shard_size")]
-    max_shard_size: Option<String>,
+    /// Split the output into HF shards of at most this size: KB/MB/GB powers of 1000, KiB/MiB/GiB powers of 1024,
+    /// a lower-case final b means bits (HF: 5Gb = 625 MB), bare digits are bytes.
+    #[arg(long = "max-shard-size", alias = "max_shard_size", value_parser = options::parse_size)]
+    max_shard_size: Option<u64>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -83,32 +108,40 @@ enum Command {
         #[arg(long)]
         hash: bool,
     },
-    /// Compare two checkpoints tensor by tensor (A mapped through --model when given); exit 1 on any difference.
+    /// Compare two checkpoints tensor by tensor: A (mapped through --model when given) against B. Prints
+    /// `identical` and exits 0, or one line per difference and exits 1.
     Verify {
+        /// The checkpoint to check: a weight file, a shard, an index json or a directory (the source of a
+        /// conversion when --model is given).
+        #[arg(value_name = "A")]
         a: PathBuf,
+        /// The expected checkpoint (for example the output of a conversion of A).
+        #[arg(value_name = "B")]
         b: PathBuf,
         #[command(flatten)]
-        model: ModelArgs,
+        model: VerifyModelArgs,
     },
 }
 
-fn spec_from(m: &ModelArgs, input: PathBuf, output: PathBuf) -> Result<JobSpec, String> {
-    let dtype = match &m.dtype {
-        Some(d) if !d.is_empty() => Some(convert::parse_dtype(d).map_err(|e| e.to_string())?),
-        _ => None,
-    };
-    Ok(JobSpec {
-        model: m.model.clone(),
+fn spec_from(
+    model: Option<String>,
+    reversed: bool,
+    t: &TuneArgs,
+    input: PathBuf,
+    output: PathBuf,
+) -> JobSpec {
+    JobSpec {
+        model,
         input,
         output,
-        reversed: m.reversed,
-        dtype,
-        n_head: m.n_head,
-        hidden_size: m.hidden_size,
-        layers: m.layers,
-        device: m.device.clone(),
+        reversed,
+        dtype: t.dtype,
+        n_head: t.n_head,
+        hidden_size: t.hidden_size,
+        layers: t.layers,
+        device: t.device.clone(),
         max_shard_size: None,
-    })
+    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
@@ -131,7 +164,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Verify { a, b, model }) => {
-            let spec = spec_from(&model, a, PathBuf::new())?;
+            let spec = spec_from(model.model, model.reversed, &model.tune, a, PathBuf::new());
             let diffs = convert::verify(&spec, &b).map_err(chain)?;
             if diffs.is_empty() {
                 println!("identical");
@@ -152,11 +185,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             } else {
                 c.output_path.ok_or("missing --output_path")?
             };
-            let mut spec = spec_from(&c.model, input, output)?;
-            if let Some(s) = &c.max_shard_size {
-                spec.max_shard_size =
-                    Some(parse_size(s).map_err(|e| format!("--max-shard-size {s}: {e}"))?);
-            }
+            let mut spec = spec_from(
+                c.model.model,
+                c.model.reversed,
+                &c.model.tune,
+                input,
+                output,
+            );
+            spec.max_shard_size = c.max_shard_size;
             if cli.dry_run {
                 let plan = convert::plan(&spec).map_err(chain)?;
                 for line in &plan.lines {
@@ -190,10 +226,18 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 fn main() -> ExitCode {
     // A CUDA build installed beside this one takes over on GPU machines (see src/device.rs).
     convert_weight::device::reexec_cuda_build_if_present();
+    // Listings piped into `head` end quietly, as with any Unix tool (Rust ignores SIGPIPE, so `println!` would
+    // panic on the closed pipe). Outputs are never written to stdout, so nothing is left half-written.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { 1 } else { 0 };
+            // Usage errors (and no arguments at all: the usage is printed) exit 2, help and version 0.
+            let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
             return ExitCode::from(code);
         }

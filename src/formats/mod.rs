@@ -11,7 +11,7 @@ pub mod sharded;
 pub mod torch;
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -257,121 +257,176 @@ pub fn create_single_writer(
     }
 }
 
-/// A file being written under a temporary name in its final directory; [`AtomicFile::commit`] fsyncs and renames
-/// it into place. Dropped uncommitted, the temporary file is removed. Buffered; implements `Write` and `Seek`.
+/// Prefix of every temporary output name (see [`crate::fsio`]).
+pub use crate::fsio::{temp_prefix, TEMP_PREFIX};
+
+impl From<crate::fsio::FsError> for FormatError {
+    fn from(e: crate::fsio::FsError) -> Self {
+        FormatError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
+/// A file being written under a temporary name in its final directory: [`crate::fsio::AtomicFile`] with the
+/// format layer's errors. [`AtomicFile::commit`] fsyncs, renames into place and fsyncs the directory; dropped
+/// uncommitted, the temporary file is removed. Inside a [`crate::fsio::HashScope`] its bytes are hashed as they
+/// are written. Buffered; implements `Write` and `Seek`.
+///
+/// A zip written through `Write` (the torch writer's zip crate) patches each entry's local header (CRC-32 and
+/// sizes) after the entry's data. So that such a file is still hashed while written, the header is held unhashed
+/// until the data arrives, then hashed with the CRC and sizes that data implies; the zip crate's patch must then
+/// write exactly those bytes, else the file gets no streamed digest (see [`crate::fsio::AtomicFile::release`]).
 pub struct AtomicFile {
-    path: PathBuf,
-    out: BufWriter<tempfile::NamedTempFile>,
-    /// Logical write position (bytes handed to the buffer, seeks applied).
-    pos: u64,
-    /// End of the range already handed to the kernel for writeback.
-    kicked: u64,
+    file: crate::fsio::AtomicFile,
+    /// The first bytes written through `Write` were a zip local header.
+    zip: Option<bool>,
 }
 
-/// Bytes written before the kernel is asked to start writing them back (so `commit`'s fsync waits for the tail only).
-const WRITEBACK_STEP: u64 = 32 << 20;
-
-/// Prefix of every temporary output name, so a later run can find and remove leftovers of a killed one.
-pub const TEMP_PREFIX: &str = ".convert-weight-tmp-";
-
-/// Prefix of the temporary names of one output file: `.convert-weight-tmp-<file name>-`.
-pub fn temp_prefix(file_name: &str) -> String {
-    format!("{TEMP_PREFIX}{file_name}-")
-}
+/// Zip record signatures.
+const ZIP_LOCAL: &[u8] = b"PK\x03\x04";
+const ZIP_CENTRAL: &[u8] = b"PK\x01\x02";
+/// Fixed part of a zip local header; CRC-32 and the two sizes sit at 14..26.
+const ZIP_LOCAL_FIXED: usize = 30;
 
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<Self> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&dir).map_err(|e| FormatError::io(&dir, e))?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&temp_prefix(&name))
-            .tempfile_in(&dir)
-            .map_err(|e| FormatError::io(path, e))?;
         Ok(AtomicFile {
-            path: path.to_path_buf(),
-            out: BufWriter::with_capacity(8 << 20, tmp),
-            pos: 0,
-            kicked: 0,
+            file: crate::fsio::AtomicFile::create(path)?,
+            zip: None,
         })
     }
 
     /// Final path of the file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// `write_all` with the error naming the output file.
     pub fn put(&mut self, buf: &[u8]) -> Result<()> {
-        self.out
-            .write_all(buf)
-            .map_err(|e| FormatError::io(&self.path, e))?;
-        self.advance(buf.len());
-        Ok(())
+        Ok(self.file.put(buf)?)
     }
 
-    /// Account for `n` bytes written; once enough reached the file, start their writeback (advisory: the data is
-    /// made durable by `commit`'s fsync either way).
-    fn advance(&mut self, n: usize) {
-        self.pos += n as u64;
-        let in_file = self.pos.saturating_sub(self.out.buffer().len() as u64);
-        if in_file >= self.kicked + WRITEBACK_STEP {
-            #[cfg(target_os = "linux")]
-            {
-                use std::os::fd::AsRawFd;
-                let fd = self.out.get_ref().as_file().as_raw_fd();
-                // SAFETY: plain syscall on a file descriptor we own; failure only loses the hint.
-                unsafe {
-                    libc::sync_file_range(
-                        fd,
-                        self.kicked as libc::off64_t,
-                        (in_file - self.kicked) as libc::off64_t,
-                        libc::SYNC_FILE_RANGE_WRITE,
-                    )
-                };
+    /// Before `buf` is appended to a zip: hold a local header, and when the data after a complete header arrives,
+    /// hash the header as the zip crate will patch it (CRC-32 of the data, its length twice: a Stored entry).
+    fn zip_before(&mut self, buf: &[u8]) {
+        if !self.file.at_end() {
+            return;
+        }
+        let header_len = |h: &[u8]| {
+            (h.len() >= ZIP_LOCAL_FIXED).then(|| {
+                ZIP_LOCAL_FIXED
+                    + usize::from(u16::from_le_bytes([h[26], h[27]]))
+                    + usize::from(u16::from_le_bytes([h[28], h[29]]))
+            })
+        };
+        let held = self.file.held().map(|h| (h.to_vec(), header_len(h)));
+        match held {
+            None => {
+                if buf.starts_with(ZIP_LOCAL) {
+                    self.file.hold();
+                }
             }
-            self.kicked = in_file;
+            Some((h, Some(n))) if h.len() >= n => {
+                if buf.starts_with(ZIP_LOCAL) || buf.starts_with(ZIP_CENTRAL) || h.len() > n {
+                    // An empty entry (its header patched in the hold) or not the layout expected.
+                    self.file.release(None);
+                    if buf.starts_with(ZIP_LOCAL) {
+                        self.file.hold();
+                    }
+                    return;
+                }
+                let mut p = h;
+                match u32::try_from(buf.len()) {
+                    Ok(len) => {
+                        p[14..18].copy_from_slice(&crc32fast::hash(buf).to_le_bytes());
+                        p[18..22].copy_from_slice(&len.to_le_bytes());
+                        p[22..26].copy_from_slice(&len.to_le_bytes());
+                        self.file.release(Some(p));
+                    }
+                    // zip64: sizes live in an extra field; no prediction (the digest is lost, never wrong).
+                    Err(_) => self.file.release(None),
+                }
+            }
+            // The header is still being written.
+            Some(_) => {}
         }
     }
 
-    /// Flush, fsync and rename into place.
+    /// Flush, fsync, rename into place, fsync the directory.
     pub fn commit(self) -> Result<PathBuf> {
-        let path = self.path;
-        let tmp = self
-            .out
-            .into_inner()
-            .map_err(|e| FormatError::io(&path, e.into_error()))?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| FormatError::io(&path, e))?;
-        tmp.persist(&path)
-            .map_err(|e| FormatError::io(&path, e.error))?;
-        Ok(path)
+        Ok(self.file.commit()?.path)
     }
 }
 
 impl Write for AtomicFile {
+    /// Writes all of `buf` (one call per caller's write, so a zip entry's data arrives whole).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.advance(n);
-        Ok(n)
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let zip = *self.zip.get_or_insert_with(|| buf.starts_with(ZIP_LOCAL));
+        if zip {
+            self.zip_before(buf);
+        }
+        self.file.write_all(buf)?;
+        Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        self.file.flush()
     }
 }
 
 impl Seek for AtomicFile {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let p = self.out.seek(pos)?;
-        self.pos = p;
-        self.kicked = self.kicked.min(p);
-        Ok(p)
+        self.file.seek(pos)
+    }
+}
+
+#[cfg(test)]
+mod atomic_tests {
+    use super::*;
+    use crate::fsio::{sha256_file, HashScope};
+    use crate::tensor::{DType, TensorInfo};
+
+    /// Every output format, sharded too, gets its digest while written (the torch zip included, whose headers
+    /// the zip crate patches), and the digest is the file's.
+    #[test]
+    fn every_format_is_hashed_while_written() {
+        let d = tempfile::tempdir().unwrap();
+        let tensors: Vec<OutTensor> = [("a", 3usize), ("b", 0), ("c", 70_000)]
+            .iter()
+            .map(|&(n, len)| OutTensor {
+                info: TensorInfo::new(n.to_string(), DType::F32, vec![len]),
+                tied_to: None,
+            })
+            .collect();
+        let cases = [
+            (OutputFormat::Torch, "m.bin", None),
+            (OutputFormat::Ckpt, "m.ckpt", None),
+            (OutputFormat::Safetensors, "m.safetensors", None),
+            (OutputFormat::Torch, "shards/", Some(100_000u64)),
+        ];
+        for (format, name, shard) in cases {
+            let scope = HashScope::enter();
+            let path = d.path().join(name);
+            let opts = WriteOptions {
+                max_shard_size: shard,
+                ..Default::default()
+            };
+            let mut w = create_writer(format, &path, &tensors, &opts).unwrap();
+            for i in w.order() {
+                let n = tensors[i].info.nbytes();
+                let data: Vec<u8> = (0..n).map(|k| (k * 7 + i) as u8).collect();
+                w.write(i, &data).unwrap();
+            }
+            let files = w.finish().unwrap();
+            assert!(!files.is_empty());
+            for f in files {
+                let want = sha256_file(&f).unwrap();
+                assert_eq!(scope.take(&f), Some(want), "{format:?} {}", f.display());
+            }
+        }
     }
 }

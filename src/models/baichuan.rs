@@ -8,57 +8,25 @@
 //!   `torch.split`s by hidden_size rows and mis-splits on a mismatch.
 //! - A reverse group missing one of wq/wk/wv is an error naming the missing tensor (the reference raises KeyError).
 
-use crate::models::llama::LLAMA_RULES;
-use crate::models::rules::plan_table;
-use crate::models::rules::{op, Axis, Op, Rule};
-use crate::models::{Family, HyperParams, ModelError};
-use crate::ops::Plan;
-use crate::tensor::TensorInfo;
+use crate::models::rules::{split, Axis, Op, Rule, Sizes};
+use crate::models::{llama, Family};
 
 /// Baichuan's fused projection; listed before the llama rules so that reverse fuses wq/wk/wv.
-const BAICHUAN_RULES: &[Rule] = &[op(
+const RULES: &[Rule] = &[split(
     "model.layers.{i}.self_attn.W_pack.weight",
     &[
         "model.layers.{i}.attention.wq.weight",
         "model.layers.{i}.attention.wk.weight",
         "model.layers.{i}.attention.wv.weight",
     ],
-    Op::Split {
-        axis: Axis::First,
-        transpose: false,
-        hidden_part: true,
-    },
+    Op::concat(Axis::First).sized(Sizes::Hidden),
 )];
 
-/// Baichuan / Baichuan2.
-pub struct Baichuan;
-
-impl Family for Baichuan {
-    fn name(&self) -> &'static str {
-        "baichuan"
-    }
-    fn aliases(&self) -> &'static [&'static str] {
-        &["baichuan2"]
-    }
-    fn describe(&self) -> &'static str {
-        "Baichuan/Baichuan2: llama renames + W_pack split into wq/wk/wv row thirds; checks hidden_size if known"
-    }
-    fn forward(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(
-            self.name(),
-            &[BAICHUAN_RULES, LLAMA_RULES],
-            inputs,
-            hp,
-            false,
-        )
-    }
-    fn reverse(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(
-            self.name(),
-            &[BAICHUAN_RULES, LLAMA_RULES],
-            inputs,
-            hp,
-            true,
-        )
-    }
-}
+pub const FAMILY: Family = Family {
+    name: "baichuan",
+    aliases: &["baichuan2"],
+    description: "Baichuan/Baichuan2: llama renames + W_pack split into wq/wk/wv row thirds; checks hidden_size if known",
+    rules: &[RULES, llama::RULES],
+    embeddings: llama::EMBEDDINGS,
+    ..Family::BASE
+};

@@ -13,10 +13,8 @@
 //! - Fails closed; reverse drops MindSpore training state by named rules; the layers present must agree with
 //!   `layers` (config.json `n_layer`) when known.
 
-use crate::models::rules::{map, op, plan_table, Op, Rule};
-use crate::models::{Family, HyperParams, ModelError};
-use crate::ops::Plan;
-use crate::tensor::TensorInfo;
+use crate::models::rules::{map, split, transpose, Op, Rule};
+use crate::models::{Family, Hyper};
 
 macro_rules! p {
     ($s:literal) => {
@@ -24,90 +22,40 @@ macro_rules! p {
     };
 }
 
-const BLOOM_RULES: &[Rule] = &[
-    map(
-        p!("word_embeddings.weight"),
-        &[p!("embedding.word_embedding.embedding_table")],
-    ),
-    map(
-        p!("word_embeddings_layernorm.weight"),
-        &[p!("embedding.norm.gamma")],
-    ),
-    map(
-        p!("word_embeddings_layernorm.bias"),
-        &[p!("embedding.norm.beta")],
-    ),
-    map(p!("ln_f.weight"), &[p!("ln_f.gamma")]),
-    map(p!("ln_f.bias"), &[p!("ln_f.beta")]),
-    map("lm_head.{s}", &["head.{s}"]),
-    map(
-        p!("h.{i}.input_layernorm.weight"),
-        &[p!("blocks.{i}.layernorm1.gamma")],
-    ),
-    map(
-        p!("h.{i}.input_layernorm.bias"),
-        &[p!("blocks.{i}.layernorm1.beta")],
-    ),
-    op(
+const RULES: &[Rule] = &[
+    map(p!("word_embeddings.weight"), p!("embedding.word_embedding.embedding_table")),
+    map(p!("word_embeddings_layernorm.weight"), p!("embedding.norm.gamma")),
+    map(p!("word_embeddings_layernorm.bias"), p!("embedding.norm.beta")),
+    map(p!("ln_f.weight"), p!("ln_f.gamma")),
+    map(p!("ln_f.bias"), p!("ln_f.beta")),
+    map("lm_head.{s}", "head.{s}"),
+    map(p!("h.{i}.input_layernorm.weight"), p!("blocks.{i}.layernorm1.gamma")),
+    map(p!("h.{i}.input_layernorm.bias"), p!("blocks.{i}.layernorm1.beta")),
+    // rows `(n_head, 3, head_dim)`: heads grouped with groups = n_head (no n_kv_head)
+    split(
         p!("h.{i}.self_attention.query_key_value.{s}"),
         &[
             p!("blocks.{i}.attention.dense1.{s}"),
             p!("blocks.{i}.attention.dense2.{s}"),
             p!("blocks.{i}.attention.dense3.{s}"),
         ],
-        Op::HeadInterleaved,
+        Op::GROUPED_HEADS,
     ),
-    op(
-        p!("h.{i}.self_attention.dense.weight"),
-        &[p!("blocks.{i}.attention.projection.weight")],
-        Op::Transpose,
-    ),
-    map(
-        p!("h.{i}.self_attention.dense.bias"),
-        &[p!("blocks.{i}.attention.projection.bias")],
-    ),
-    map(
-        p!("h.{i}.post_attention_layernorm.weight"),
-        &[p!("blocks.{i}.layernorm2.gamma")],
-    ),
-    map(
-        p!("h.{i}.post_attention_layernorm.bias"),
-        &[p!("blocks.{i}.layernorm2.beta")],
-    ),
-    op(
-        p!("h.{i}.mlp.dense_h_to_4h.weight"),
-        &[p!("blocks.{i}.output.mapping.weight")],
-        Op::Transpose,
-    ),
-    map(
-        p!("h.{i}.mlp.dense_h_to_4h.bias"),
-        &[p!("blocks.{i}.output.mapping.bias")],
-    ),
-    op(
-        p!("h.{i}.mlp.dense_4h_to_h.weight"),
-        &[p!("blocks.{i}.output.projection.weight")],
-        Op::Transpose,
-    ),
-    map(
-        p!("h.{i}.mlp.dense_4h_to_h.bias"),
-        &[p!("blocks.{i}.output.projection.bias")],
-    ),
+    transpose(p!("h.{i}.self_attention.dense.weight"), p!("blocks.{i}.attention.projection.weight")),
+    map(p!("h.{i}.self_attention.dense.bias"), p!("blocks.{i}.attention.projection.bias")),
+    map(p!("h.{i}.post_attention_layernorm.weight"), p!("blocks.{i}.layernorm2.gamma")),
+    map(p!("h.{i}.post_attention_layernorm.bias"), p!("blocks.{i}.layernorm2.beta")),
+    transpose(p!("h.{i}.mlp.dense_h_to_4h.weight"), p!("blocks.{i}.output.mapping.weight")),
+    map(p!("h.{i}.mlp.dense_h_to_4h.bias"), p!("blocks.{i}.output.mapping.bias")),
+    transpose(p!("h.{i}.mlp.dense_4h_to_h.weight"), p!("blocks.{i}.output.projection.weight")),
+    map(p!("h.{i}.mlp.dense_4h_to_h.bias"), p!("blocks.{i}.output.projection.bias")),
 ];
 
-/// BLOOM.
-pub struct Bloom;
-
-impl Family for Bloom {
-    fn name(&self) -> &'static str {
-        "bloom"
-    }
-    fn describe(&self) -> &'static str {
-        "BLOOM (BloomModel or BloomForCausalLM names): head-interleaved q/k/v split, MLP/dense transposed; needs n_head (config.json or --n_head)"
-    }
-    fn forward(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(self.name(), &[BLOOM_RULES], inputs, hp, false)
-    }
-    fn reverse(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(self.name(), &[BLOOM_RULES], inputs, hp, true)
-    }
-}
+pub const FAMILY: Family = Family {
+    name: "bloom",
+    description: "BLOOM (BloomModel or BloomForCausalLM names): head-interleaved q/k/v split, MLP/dense transposed; needs n_head (config.json or --n_head)",
+    rules: &[RULES],
+    needs: &[Hyper::NHead],
+    embeddings: &[p!("word_embeddings.weight"), p!("embedding.word_embedding.embedding_table")],
+    ..Family::BASE
+};

@@ -9,76 +9,40 @@
 //! - Fails closed; reverse drops MindSpore training state by named rules; the layers present must agree with
 //!   `layers` (config.json `num_layers`) when known.
 
-use crate::models::rules::{map, pinned, plan_table, Rule};
-use crate::models::{Family, HyperParams, ModelError};
-use crate::ops::Plan;
-use crate::tensor::{DType, TensorInfo};
+use crate::models::rules::{map, Rule};
+use crate::models::Family;
+use crate::tensor::DType;
 
-const GLM_RULES: &[Rule] = &[
-    map(
-        "transformer.word_embeddings.weight",
-        &["transformer.word_embeddings.embedding_table"],
-    ),
-    pinned(
-        "transformer.layers.{i}.input_layernorm.weight",
-        &["transformer.layers.{i}.input_layernorm.gamma"],
-        DType::F16,
-    ),
-    pinned(
-        "transformer.layers.{i}.input_layernorm.bias",
-        &["transformer.layers.{i}.input_layernorm.beta"],
-        DType::F16,
-    ),
+const RULES: &[Rule] = &[
+    map("transformer.word_embeddings.weight", "transformer.word_embeddings.embedding_table"),
+    map("transformer.layers.{i}.input_layernorm.weight", "transformer.layers.{i}.input_layernorm.gamma"),
+    map("transformer.layers.{i}.input_layernorm.bias", "transformer.layers.{i}.input_layernorm.beta"),
     map(
         "transformer.layers.{i}.post_attention_layernorm.weight",
-        &["transformer.layers.{i}.post_attention_layernorm.gamma"],
+        "transformer.layers.{i}.post_attention_layernorm.gamma",
     ),
     map(
         "transformer.layers.{i}.post_attention_layernorm.bias",
-        &["transformer.layers.{i}.post_attention_layernorm.beta"],
+        "transformer.layers.{i}.post_attention_layernorm.beta",
     ),
-    map(
-        "transformer.final_layernorm.weight",
-        &["transformer.final_layernorm.gamma"],
-    ),
-    map(
-        "transformer.final_layernorm.bias",
-        &["transformer.final_layernorm.beta"],
-    ),
+    map("transformer.final_layernorm.weight", "transformer.final_layernorm.gamma"),
+    map("transformer.final_layernorm.bias", "transformer.final_layernorm.beta"),
     map(
         "transformer.layers.{i}.attention.query_key_value.{s}",
-        &["transformer.layers.{i}.attention.query_key_value.{s}"],
+        "transformer.layers.{i}.attention.query_key_value.{s}",
     ),
-    map(
-        "transformer.layers.{i}.attention.dense.{s}",
-        &["transformer.layers.{i}.attention.dense.{s}"],
-    ),
-    map(
-        "transformer.layers.{i}.mlp.dense_h_to_4h.{s}",
-        &["transformer.layers.{i}.mlp.dense_h_to_4h.{s}"],
-    ),
-    map(
-        "transformer.layers.{i}.mlp.dense_4h_to_h.{s}",
-        &["transformer.layers.{i}.mlp.dense_4h_to_h.{s}"],
-    ),
-    map("lm_head.weight", &["lm_head.weight"]),
-    map("{*}.rotary_emb.inv_freq", &["{*}.rotary_emb.inv_freq"]),
+    map("transformer.layers.{i}.attention.dense.{s}", "transformer.layers.{i}.attention.dense.{s}"),
+    map("transformer.layers.{i}.mlp.dense_h_to_4h.{s}", "transformer.layers.{i}.mlp.dense_h_to_4h.{s}"),
+    map("transformer.layers.{i}.mlp.dense_4h_to_h.{s}", "transformer.layers.{i}.mlp.dense_4h_to_h.{s}"),
+    map("lm_head.weight", "lm_head.weight"),
+    map("{*}.rotary_emb.inv_freq", "{*}.rotary_emb.inv_freq"),
 ];
 
-/// ChatGLM-6B.
-pub struct Glm;
-
-impl Family for Glm {
-    fn name(&self) -> &'static str {
-        "glm"
-    }
-    fn describe(&self) -> &'static str {
-        "ChatGLM-6B v1: layernorm gamma/beta + embedding_table renames, input_layernorm pinned to fp16; needs nothing"
-    }
-    fn forward(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(self.name(), &[GLM_RULES], inputs, hp, false)
-    }
-    fn reverse(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(self.name(), &[GLM_RULES], inputs, hp, true)
-    }
-}
+pub const FAMILY: Family = Family {
+    name: "glm",
+    description: "ChatGLM-6B v1: layernorm gamma/beta + embedding_table renames, input_layernorm pinned to fp16; needs nothing",
+    rules: &[RULES],
+    embeddings: &["transformer.word_embeddings.weight", "transformer.word_embeddings.embedding_table"],
+    dtype_pins: &[("transformer.layers.{i}.input_layernorm.{g:gamma|beta}", DType::F16)],
+    ..Family::BASE
+};

@@ -14,10 +14,8 @@
 //! - Reverse accepts checkpoints with training state (dropped by named rules); the reference's layer-count
 //!   arithmetic fails on them.
 
-use crate::models::rules::{drop, map, op, plan_table, Axis, Dir, Op, Rule};
-use crate::models::{Family, HyperParams, ModelError};
-use crate::ops::Plan;
-use crate::tensor::TensorInfo;
+use crate::models::rules::{drop, map, split, Axis, Dir, Op, Rule, Sizes};
+use crate::models::Family;
 
 macro_rules! p {
     ($s:literal) => {
@@ -25,99 +23,47 @@ macro_rules! p {
     };
 }
 
-const GPT_RULES: &[Rule] = &[
-    map(
-        p!("h.{i}.ln_1.weight"),
-        &["backbone.blocks.{i}.layernorm1.gamma"],
-    ),
-    map(
-        p!("h.{i}.ln_1.bias"),
-        &["backbone.blocks.{i}.layernorm1.beta"],
-    ),
-    map(
-        p!("h.{i}.ln_2.weight"),
-        &["backbone.blocks.{i}.layernorm2.gamma"],
-    ),
-    map(
-        p!("h.{i}.ln_2.bias"),
-        &["backbone.blocks.{i}.layernorm2.beta"],
-    ),
-    map(
-        p!("h.{i}.attn.bias"),
-        &["backbone.blocks.{i}.attention.beta"],
-    ),
-    map(
-        p!("h.{i}.attn.masked_bias"),
-        &["backbone.blocks.{i}.attention.masked_beta"],
-    ),
-    map(
-        p!("h.{i}.attn.c_proj.{s}"),
-        &["backbone.blocks.{i}.attention.projection.{s}"],
-    ),
-    op(
+const RULES: &[Rule] = &[
+    map(p!("h.{i}.ln_1.weight"), "backbone.blocks.{i}.layernorm1.gamma"),
+    map(p!("h.{i}.ln_1.bias"), "backbone.blocks.{i}.layernorm1.beta"),
+    map(p!("h.{i}.ln_2.weight"), "backbone.blocks.{i}.layernorm2.gamma"),
+    map(p!("h.{i}.ln_2.bias"), "backbone.blocks.{i}.layernorm2.beta"),
+    map(p!("h.{i}.attn.bias"), "backbone.blocks.{i}.attention.beta"),
+    map(p!("h.{i}.attn.masked_bias"), "backbone.blocks.{i}.attention.masked_beta"),
+    map(p!("h.{i}.attn.c_proj.{s}"), "backbone.blocks.{i}.attention.projection.{s}"),
+    // Conv1D `[in, out]`: column thirds, each transposed to `[out, in]`
+    split(
         p!("h.{i}.attn.c_attn.weight"),
         &[
             "backbone.blocks.{i}.attention.dense1.weight",
             "backbone.blocks.{i}.attention.dense2.weight",
             "backbone.blocks.{i}.attention.dense3.weight",
         ],
-        Op::Split {
-            axis: Axis::Last,
-            transpose: true,
-            hidden_part: true,
-        },
+        Op::concat(Axis::Last).sized(Sizes::Hidden).transposed(),
     ),
-    op(
+    split(
         p!("h.{i}.attn.c_attn.bias"),
         &[
             "backbone.blocks.{i}.attention.dense1.bias",
             "backbone.blocks.{i}.attention.dense2.bias",
             "backbone.blocks.{i}.attention.dense3.bias",
         ],
-        Op::Split {
-            axis: Axis::Last,
-            transpose: false,
-            hidden_part: true,
-        },
+        Op::concat(Axis::Last).sized(Sizes::Hidden),
     ),
-    map(
-        p!("h.{i}.mlp.c_fc.{s}"),
-        &["backbone.blocks.{i}.output.mapping.{s}"],
-    ),
-    map(
-        p!("h.{i}.mlp.c_proj.{s}"),
-        &["backbone.blocks.{i}.output.projection.{s}"],
-    ),
-    map(p!("ln_f.weight"), &["backbone.layernorm.gamma"]),
-    map(p!("ln_f.bias"), &["backbone.layernorm.beta"]),
-    map(
-        p!("wte.weight"),
-        &["backbone.embedding.word_embedding.embedding_table"],
-    ),
-    map(
-        p!("wpe.weight"),
-        &["backbone.embedding.position_embedding.embedding_table"],
-    ),
+    map(p!("h.{i}.mlp.c_fc.{s}"), "backbone.blocks.{i}.output.mapping.{s}"),
+    map(p!("h.{i}.mlp.c_proj.{s}"), "backbone.blocks.{i}.output.projection.{s}"),
+    map(p!("ln_f.weight"), "backbone.layernorm.gamma"),
+    map(p!("ln_f.bias"), "backbone.layernorm.beta"),
+    map(p!("wte.weight"), "backbone.embedding.word_embedding.embedding_table"),
+    map(p!("wpe.weight"), "backbone.embedding.position_embedding.embedding_table"),
     drop(Dir::Forward, "lm_head.weight", "tied-lm-head (tied to wte)"),
 ];
 
-/// GPT-2.
-pub struct Gpt;
-
-impl Family for Gpt {
-    fn name(&self) -> &'static str {
-        "gpt"
-    }
-    fn aliases(&self) -> &'static [&'static str] {
-        &["gpt2"]
-    }
-    fn describe(&self) -> &'static str {
-        "GPT-2 (GPT2Model or GPT2LMHeadModel names): c_attn split + transposed into dense1/2/3; all layers; checks hidden_size/layers if known"
-    }
-    fn forward(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(self.name(), &[GPT_RULES], inputs, hp, false)
-    }
-    fn reverse(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(self.name(), &[GPT_RULES], inputs, hp, true)
-    }
-}
+pub const FAMILY: Family = Family {
+    name: "gpt",
+    aliases: &["gpt2"],
+    description: "GPT-2 (GPT2Model or GPT2LMHeadModel names): c_attn split + transposed into dense1/2/3; all layers; checks hidden_size/layers if known",
+    rules: &[RULES],
+    embeddings: &[p!("wte.weight"), "backbone.embedding.word_embedding.embedding_table"],
+    ..Family::BASE
+};

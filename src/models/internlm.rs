@@ -4,26 +4,12 @@
 //! - As llama (fail closed, training state dropped in reverse, dtype kept, layer count checked, inv_freq passed
 //!   through only when present).
 
-use crate::models::llama::LLAMA_RULES;
-use crate::models::rules::plan_table;
-use crate::models::{Family, HyperParams, ModelError};
-use crate::ops::Plan;
-use crate::tensor::TensorInfo;
+use crate::models::{llama, Family};
 
-/// InternLM.
-pub struct Internlm;
-
-impl Family for Internlm {
-    fn name(&self) -> &'static str {
-        "internlm"
-    }
-    fn describe(&self) -> &'static str {
-        "InternLM v1: llama renames incl. q/k/v/o biases; needs no hyper-parameters"
-    }
-    fn forward(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(self.name(), &[LLAMA_RULES], inputs, hp, false)
-    }
-    fn reverse(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(self.name(), &[LLAMA_RULES], inputs, hp, true)
-    }
-}
+pub const FAMILY: Family = Family {
+    name: "internlm",
+    description: "InternLM v1: llama renames incl. q/k/v/o biases; needs no hyper-parameters",
+    rules: &[llama::RULES],
+    embeddings: llama::EMBEDDINGS,
+    ..Family::BASE
+};

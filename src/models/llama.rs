@@ -11,72 +11,33 @@
 //! - `rotary_emb.inv_freq` buffers pass through when present and are never synthesised (transformers ≥ 4.32 omits
 //!   them; the reference, under 4.31, computes them when absent).
 
-use crate::models::rules::{map, plan_table, Rule};
-use crate::models::{Family, HyperParams, ModelError};
-use crate::ops::Plan;
-use crate::tensor::TensorInfo;
+use crate::models::rules::{map, Rule};
+use crate::models::Family;
 
-/// The llama table: HF `LlamaForCausalLM` names ⇄ MindFormers names.
-pub(crate) const LLAMA_RULES: &[Rule] = &[
-    map(
-        "model.embed_tokens.weight",
-        &["model.tok_embeddings.embedding_weight"],
-    ),
-    map(
-        "model.layers.{i}.self_attn.q_proj.{s}",
-        &["model.layers.{i}.attention.wq.{s}"],
-    ),
-    map(
-        "model.layers.{i}.self_attn.k_proj.{s}",
-        &["model.layers.{i}.attention.wk.{s}"],
-    ),
-    map(
-        "model.layers.{i}.self_attn.v_proj.{s}",
-        &["model.layers.{i}.attention.wv.{s}"],
-    ),
-    map(
-        "model.layers.{i}.self_attn.o_proj.{s}",
-        &["model.layers.{i}.attention.wo.{s}"],
-    ),
-    map(
-        "model.layers.{i}.mlp.gate_proj.{s}",
-        &["model.layers.{i}.feed_forward.w1.{s}"],
-    ),
-    map(
-        "model.layers.{i}.mlp.down_proj.{s}",
-        &["model.layers.{i}.feed_forward.w2.{s}"],
-    ),
-    map(
-        "model.layers.{i}.mlp.up_proj.{s}",
-        &["model.layers.{i}.feed_forward.w3.{s}"],
-    ),
-    map(
-        "model.layers.{i}.input_layernorm.weight",
-        &["model.layers.{i}.attention_norm.weight"],
-    ),
-    map(
-        "model.layers.{i}.post_attention_layernorm.weight",
-        &["model.layers.{i}.ffn_norm.weight"],
-    ),
-    map("model.norm.weight", &["model.norm_out.weight"]),
-    map("lm_head.weight", &["lm_head.weight"]),
-    map("{*}.rotary_emb.inv_freq", &["{*}.rotary_emb.inv_freq"]),
+/// The llama table: HF `LlamaForCausalLM` names ⇄ MindFormers names (shared by internlm, skywork, baichuan).
+pub(crate) const RULES: &[Rule] = &[
+    map("model.embed_tokens.weight", "model.tok_embeddings.embedding_weight"),
+    map("model.layers.{i}.self_attn.q_proj.{s}", "model.layers.{i}.attention.wq.{s}"),
+    map("model.layers.{i}.self_attn.k_proj.{s}", "model.layers.{i}.attention.wk.{s}"),
+    map("model.layers.{i}.self_attn.v_proj.{s}", "model.layers.{i}.attention.wv.{s}"),
+    map("model.layers.{i}.self_attn.o_proj.{s}", "model.layers.{i}.attention.wo.{s}"),
+    map("model.layers.{i}.mlp.gate_proj.{s}", "model.layers.{i}.feed_forward.w1.{s}"),
+    map("model.layers.{i}.mlp.down_proj.{s}", "model.layers.{i}.feed_forward.w2.{s}"),
+    map("model.layers.{i}.mlp.up_proj.{s}", "model.layers.{i}.feed_forward.w3.{s}"),
+    map("model.layers.{i}.input_layernorm.weight", "model.layers.{i}.attention_norm.weight"),
+    map("model.layers.{i}.post_attention_layernorm.weight", "model.layers.{i}.ffn_norm.weight"),
+    map("model.norm.weight", "model.norm_out.weight"),
+    map("lm_head.weight", "lm_head.weight"),
+    map("{*}.rotary_emb.inv_freq", "{*}.rotary_emb.inv_freq"),
 ];
 
-/// LLaMA.
-pub struct Llama;
+/// Embedding names of the llama layout, HF and MindSpore spellings.
+pub(crate) const EMBEDDINGS: &[&str] = &["model.embed_tokens.weight", "model.tok_embeddings.embedding_weight"];
 
-impl Family for Llama {
-    fn name(&self) -> &'static str {
-        "llama"
-    }
-    fn describe(&self) -> &'static str {
-        "LLaMA/Llama-2 (LlamaForCausalLM): renames only (GQA ok); needs no hyper-parameters"
-    }
-    fn forward(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(self.name(), &[LLAMA_RULES], inputs, hp, false)
-    }
-    fn reverse(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(self.name(), &[LLAMA_RULES], inputs, hp, true)
-    }
-}
+pub const FAMILY: Family = Family {
+    name: "llama",
+    description: "LLaMA/Llama-2 (LlamaForCausalLM): renames only (GQA ok); needs no hyper-parameters",
+    rules: &[RULES],
+    embeddings: EMBEDDINGS,
+    ..Family::BASE
+};

@@ -1,27 +1,48 @@
-//! Model families: name rules and tensor ops, both directions. Models see tensor headers and hyper-parameters
-//! only, never bytes or files. Each family is one file; [`registry`] lists them.
+//! Model families as data: each family is one declarative [`Family`] value in its own file (its rule tables,
+//! hyper-parameters, embedding names, dtype pins, tied head, checks), and every family is planned by the one generic
+//! planner ([`planner`]). Models see tensor headers and hyper-parameters only, never bytes or files.
+//!
+//! Adding a family: one file `src/models/NAME.rs` with `pub const FAMILY: Family = Family { .. }`, plus one line
+//! `NAME,` in the `families!` list below (which declares the module and registers it).
 
 use crate::ops::Plan;
-use crate::tensor::TensorInfo;
+use crate::tensor::{DType, TensorInfo};
 
-pub mod baichuan;
-pub mod blip;
-pub mod bloom;
-pub mod glm;
-pub mod gpt;
-pub mod internlm;
-pub mod llama;
-pub mod qwen;
+pub mod planner;
 pub mod rules;
-pub mod skywork;
-pub mod wizardcoder;
+
+/// Declares each family module and lists its `FAMILY` in [`registry`], in `--list-models` order.
+macro_rules! families {
+    ($($family:ident),* $(,)?) => {
+        $(pub mod $family;)*
+
+        /// Every family, in `--list-models` order.
+        pub fn registry() -> &'static [&'static Family] {
+            &[$(&$family::FAMILY),*]
+        }
+    };
+}
+
+// The registry: one line per family (its file is `src/models/<line>.rs`, defining `pub const FAMILY: Family`).
+families! {
+    llama,
+    glm,
+    qwen,
+    internlm,
+    baichuan,
+    gpt,
+    bloom,
+    blip,
+    wizardcoder,
+    skywork,
+}
 
 /// Errors of the model layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("unknown model '{0}' (see --list-models)")]
     UnknownModel(String),
-    #[error("{family}: {} input tensor(s) match no rule: {}", names.len(), names.join(", "))]
+    #[error("{family}: {} input tensor(s) match no rule: {}", names.len(), first_names(names, 3))]
     Unmapped { family: String, names: Vec<String> },
     #[error("{family}: tensor '{tensor}': {msg}")]
     Tensor {
@@ -35,6 +56,20 @@ pub enum ModelError {
     Hyper { name: String, msg: String },
 }
 
+/// The first `k` names, then how many more: `a, b, c and 12 more`.
+pub fn first_names(names: &[String], k: usize) -> String {
+    let mut s = names
+        .iter()
+        .take(k)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > k {
+        s.push_str(&format!(" and {} more", names.len() - k));
+    }
+    s
+}
+
 /// Hyper-parameters a family may need. `None` means unknown (neither config.json nor a flag gave it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HyperParams {
@@ -43,6 +78,18 @@ pub struct HyperParams {
     pub hidden_size: Option<usize>,
     pub layers: Option<usize>,
     pub head_dim: Option<usize>,
+    /// Routed experts per MoE layer.
+    pub n_experts: Option<usize>,
+    /// FFN width of the dense MLP (`intermediate_size`).
+    pub ffn_hidden: Option<usize>,
+    /// FFN width of one expert (`moe_intermediate_size`).
+    pub moe_ffn_hidden: Option<usize>,
+    /// MoE layer pattern: the first `first_k_dense` layers are dense (`first_k_dense_replace`)...
+    pub first_k_dense: Option<usize>,
+    /// ... and after them every `moe_layer_freq`-th layer is MoE (`moe_layer_freq`, `decoder_sparse_step`).
+    pub moe_layer_freq: Option<usize>,
+    /// Every top-level non-negative integer of config.json, by key (for [`Hyper::Key`]: `q_lora_rank`, …).
+    pub extra: std::collections::BTreeMap<String, usize>,
 }
 
 /// config.json spellings of each hyper-parameter (formats spec §3.3), first match wins.
@@ -51,6 +98,17 @@ const HIDDEN_KEYS: &[&str] = &["hidden_size", "n_embd", "n_embed", "d_model"];
 const LAYERS_KEYS: &[&str] = &["num_hidden_layers", "n_layer", "num_layers", "n_layers"];
 const KV_KEYS: &[&str] = &["num_key_value_heads", "num_kv_heads", "n_head_kv"];
 const HEAD_DIM_KEYS: &[&str] = &["head_dim", "d_kv", "kv_channels"];
+const EXPERTS_KEYS: &[&str] = &[
+    "num_experts",
+    "n_routed_experts",
+    "num_local_experts",
+    "moe_num_experts",
+    "num_moe_experts",
+];
+const FFN_KEYS: &[&str] = &["intermediate_size", "ffn_hidden_size", "n_inner"];
+const MOE_FFN_KEYS: &[&str] = &["moe_intermediate_size", "moe_ffn_hidden_size"];
+const FIRST_DENSE_KEYS: &[&str] = &["first_k_dense_replace"];
+const MOE_FREQ_KEYS: &[&str] = &["moe_layer_freq", "decoder_sparse_step"];
 
 fn config_usize(config: &serde_json::Value, keys: &[&str]) -> Option<usize> {
     keys.iter()
@@ -74,7 +132,32 @@ impl HyperParams {
             hidden_size: config_usize(config, HIDDEN_KEYS),
             layers: config_usize(config, LAYERS_KEYS),
             head_dim: config_usize(config, HEAD_DIM_KEYS),
+            n_experts: config_usize(config, EXPERTS_KEYS),
+            ffn_hidden: config_usize(config, FFN_KEYS),
+            moe_ffn_hidden: config_usize(config, MOE_FFN_KEYS),
+            first_k_dense: config_usize(config, FIRST_DENSE_KEYS),
+            moe_layer_freq: config_usize(config, MOE_FREQ_KEYS),
+            extra: config
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| v.as_u64().map(|n| (k.clone(), n as usize)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
+    }
+
+    /// Whether layer `i` is a MoE layer by the pattern (`None` when the model has no experts or the pattern is
+    /// not known): the first `first_k_dense` layers are dense, then every `moe_layer_freq`-th layer is MoE.
+    pub fn is_moe_layer(&self, i: usize) -> Option<bool> {
+        self.n_experts.filter(|n| *n > 0)?;
+        if self.first_k_dense.is_none() && self.moe_layer_freq.is_none() {
+            return None;
+        }
+        let k = self.first_k_dense.unwrap_or(0);
+        let f = self.moe_layer_freq.unwrap_or(1).max(1);
+        Some(i >= k && (i - k) % f == 0)
     }
 
     /// Apply command-line flags over the config: a flag that contradicts a value the config gives is an error.
@@ -120,45 +203,175 @@ impl HyperParams {
     pub fn need_layers(&self, family: &str) -> Result<usize, ModelError> {
         Self::need(self.layers, "layers", family)
     }
-}
 
-/// One model family: its names and ops in both directions.
-pub trait Family: Sync {
-    /// The `--model` key.
-    fn name(&self) -> &'static str;
-    /// Other accepted spellings.
-    fn aliases(&self) -> &'static [&'static str] {
-        &[]
+    /// The value of one hyper-parameter.
+    pub fn get(&self, h: Hyper) -> Option<usize> {
+        match h {
+            Hyper::NHead => self.n_head,
+            Hyper::NKvHead => self.n_kv_head,
+            Hyper::HeadDim => self.head_dim,
+            Hyper::Hidden => self.hidden_size,
+            Hyper::Layers => self.layers,
+            Hyper::Experts => self.n_experts,
+            Hyper::FfnHidden => self.ffn_hidden,
+            Hyper::MoeFfnHidden => self.moe_ffn_hidden,
+            Hyper::Key(k) => self.extra.get(k).copied(),
+        }
     }
-    /// One line for `--list-models`: what the family is and what it needs.
-    fn describe(&self) -> &'static str;
-    /// HF/torch names → MindSpore names.
-    fn forward(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError>;
-    /// MindSpore names → HF/torch names (`--reversed`).
-    fn reverse(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError>;
+
+    /// One hyper-parameter, or an error saying that `family` needs it.
+    pub fn require(&self, h: Hyper, family: &str) -> Result<usize, ModelError> {
+        match h {
+            Hyper::Key(k) => self.get(h).ok_or_else(|| ModelError::Hyper {
+                name: k.into(),
+                msg: format!("{family} needs it: give it in a config.json beside the weights"),
+            }),
+            _ => Self::need(self.get(h), h.flag(), family),
+        }
+    }
 }
 
-/// Every family, in `--list-models` order.
-pub fn registry() -> &'static [&'static dyn Family] {
-    &[
-        &llama::Llama,
-        &glm::Glm,
-        &qwen::Qwen,
-        &internlm::Internlm,
-        &baichuan::Baichuan,
-        &gpt::Gpt,
-        &bloom::Bloom,
-        &blip::Blip,
-        &wizardcoder::Wizardcoder,
-        &skywork::Skywork,
-    ]
+/// A hyper-parameter a family may need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hyper {
+    NHead,
+    NKvHead,
+    HeadDim,
+    Hidden,
+    Layers,
+    Experts,
+    FfnHidden,
+    MoeFfnHidden,
+    /// Any other integer of config.json, by its key (e.g. `Hyper::Key("q_lora_rank")`).
+    Key(&'static str),
+}
+
+impl Hyper {
+    /// The name used in messages (the command-line flag where there is one).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Hyper::NHead => "n_head",
+            Hyper::NKvHead => "n_kv_head",
+            Hyper::HeadDim => "head_dim",
+            Hyper::Hidden => "hidden_size",
+            Hyper::Layers => "layers",
+            Hyper::Experts => "n_experts",
+            Hyper::FfnHidden => "ffn_hidden_size",
+            Hyper::MoeFfnHidden => "moe_ffn_hidden_size",
+            Hyper::Key(k) => k,
+        }
+    }
+}
+
+/// Which MindFormers generation a family's MindSpore names belong to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generation {
+    /// The 2023 model zoo (MindFormers r1.x: `model.layers.N.attention.wq`, `backbone.blocks.N`, …).
+    V2023,
+    /// MindFormers 2.x mcore (Megatron-style `decoder.layers.N.self_attention.linear_qkv`, …).
+    Mcore,
+}
+
+impl Generation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Generation::V2023 => "2023",
+            Generation::Mcore => "mcore",
+        }
+    }
+}
+
+/// A common check the generic planner runs on a family's plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The `{i}` layer numbers found are `0..n` without gaps, and agree with `layers` when known (a single shard
+    /// of a sharded model is an error, not half a model).
+    Layers,
+    /// The word embedding's width is `hidden_size` when known, and (without `head_dim`) `n_head` divides it.
+    Hidden,
+    /// Expert tensors appear in exactly the layers that the MoE layer pattern names (when the pattern, the layer
+    /// count and `n_experts` are known).
+    MoeLayers,
+}
+
+/// When the HF head is absent (tied to the embedding), the forward direction writes the embedding under the head's
+/// MindSpore name: `head` is planned as if it were a copy of `embedding`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TiedHead {
+    /// HF name of the head (e.g. `lm_head.weight`).
+    pub head: &'static str,
+    /// HF name of the word embedding it is tied to.
+    pub embedding: &'static str,
+}
+
+/// One model family, as data. Every field but `name`, `description` and `rules` has a default in [`Family::BASE`]:
+/// write `Family { name: .., description: .., rules: .., ..Family::BASE }`.
+#[derive(Clone, Copy, Debug)]
+pub struct Family {
+    /// The `--model` key.
+    pub name: &'static str,
+    /// Other accepted spellings.
+    pub aliases: &'static [&'static str],
+    /// One line for `--list-models`: what the family is and what it needs.
+    pub description: &'static str,
+    pub generation: Generation,
+    /// Rule tables, tried in order (a family may reuse another's table after its own rules). The reverse direction
+    /// also drops MindSpore training state ([`rules::TRAINING_STATE`]).
+    pub rules: &'static [&'static [rules::Rule]],
+    /// Hyper-parameters that must be known (config.json or flags) before a non-empty input is planned.
+    pub needs: &'static [Hyper],
+    /// Word-embedding names, HF and MindSpore spellings (patterns): their width is the hidden size.
+    pub embeddings: &'static [&'static str],
+    /// Forward outputs whose final dtype the model fixes (MindSpore name pattern, dtype): floating tensors only.
+    pub dtype_pins: &'static [(&'static str, DType)],
+    /// Head synthesised from a tied embedding (forward), when the input has no head.
+    pub tied_head: Option<TiedHead>,
+    /// Checks run on every plan.
+    pub checks: &'static [Check],
+}
+
+impl Family {
+    /// Defaults for the optional fields.
+    pub const BASE: Family = Family {
+        name: "",
+        aliases: &[],
+        description: "",
+        generation: Generation::V2023,
+        rules: &[],
+        needs: &[],
+        embeddings: &[],
+        dtype_pins: &[],
+        tied_head: None,
+        checks: &[Check::Layers, Check::Hidden, Check::MoeLayers],
+    };
+
+    /// The `--model` key.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+    /// Other accepted spellings.
+    pub fn aliases(&self) -> &'static [&'static str] {
+        self.aliases
+    }
+    /// One line for `--list-models`.
+    pub fn describe(&self) -> &'static str {
+        self.description
+    }
+    /// HF/torch names → MindSpore names.
+    pub fn forward(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
+        planner::plan(self, inputs, hp, false)
+    }
+    /// MindSpore names → HF/torch names (`--reversed`).
+    pub fn reverse(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
+        planner::plan(self, inputs, hp, true)
+    }
 }
 
 /// Look a family up by name or alias.
-pub fn find(name: &str) -> Result<&'static dyn Family, ModelError> {
+pub fn find(name: &str) -> Result<&'static Family, ModelError> {
     registry()
         .iter()
         .copied()
-        .find(|f| f.name() == name || f.aliases().contains(&name))
+        .find(|f| f.name == name || f.aliases.contains(&name))
         .ok_or_else(|| ModelError::UnknownModel(name.to_string()))
 }

@@ -9,82 +9,40 @@
 //! - A reverse group missing one of wq/wk/wv is an error naming the missing tensor.
 //! - The dtype is kept (the reference's result depends on the host: fp32 without CUDA, bf16/fp16 with it).
 
-use crate::models::rules::{map, op, plan_table, Axis, Op, Rule};
-use crate::models::{Family, HyperParams, ModelError};
-use crate::ops::Plan;
-use crate::tensor::TensorInfo;
+use crate::models::rules::{map, split, Axis, Op, Rule, Sizes};
+use crate::models::Family;
 
-const THIRDS: Op = Op::Split {
-    axis: Axis::First,
-    transpose: false,
-    hidden_part: true,
-};
-
-const QWEN_RULES: &[Rule] = &[
-    map(
-        "transformer.wte.weight",
-        &["transformer.wte.embedding_weight"],
-    ),
-    map(
-        "transformer.h.{i}.ln_1.weight",
-        &["transformer.layers.{i}.attention_norm.weight"],
-    ),
-    op(
+const RULES: &[Rule] = &[
+    map("transformer.wte.weight", "transformer.wte.embedding_weight"),
+    map("transformer.h.{i}.ln_1.weight", "transformer.layers.{i}.attention_norm.weight"),
+    split(
         "transformer.h.{i}.attn.c_attn.{s}",
         &[
             "transformer.layers.{i}.attention.wq.{s}",
             "transformer.layers.{i}.attention.wk.{s}",
             "transformer.layers.{i}.attention.wv.{s}",
         ],
-        THIRDS,
+        Op::concat(Axis::First).sized(Sizes::Hidden),
     ),
-    map(
-        "transformer.h.{i}.attn.c_proj.{s}",
-        &["transformer.layers.{i}.attention.wo.{s}"],
-    ),
-    map(
-        "transformer.h.{i}.ln_2.weight",
-        &["transformer.layers.{i}.ffn_norm.weight"],
-    ),
-    map(
-        "transformer.h.{i}.mlp.w1.{s}",
-        &["transformer.layers.{i}.feed_forward.w1.{s}"],
-    ),
-    map(
-        "transformer.h.{i}.mlp.w2.{s}",
-        &["transformer.layers.{i}.feed_forward.w3.{s}"],
-    ),
-    map(
-        "transformer.h.{i}.mlp.c_proj.{s}",
-        &["transformer.layers.{i}.feed_forward.w2.{s}"],
-    ),
-    map("transformer.ln_f.weight", &["transformer.ln_f.weight"]),
-    map("lm_head.weight", &["lm_head.weight"]),
+    map("transformer.h.{i}.attn.c_proj.{s}", "transformer.layers.{i}.attention.wo.{s}"),
+    map("transformer.h.{i}.ln_2.weight", "transformer.layers.{i}.ffn_norm.weight"),
+    map("transformer.h.{i}.mlp.w1.{s}", "transformer.layers.{i}.feed_forward.w1.{s}"),
+    map("transformer.h.{i}.mlp.w2.{s}", "transformer.layers.{i}.feed_forward.w3.{s}"),
+    map("transformer.h.{i}.mlp.c_proj.{s}", "transformer.layers.{i}.feed_forward.w2.{s}"),
+    map("transformer.ln_f.weight", "transformer.ln_f.weight"),
+    map("lm_head.weight", "lm_head.weight"),
     // rotary buffers: the model-level one keeps its name; a per-layer one follows `.h.` → `.layers.`
-    map(
-        "transformer.rotary_emb.inv_freq",
-        &["transformer.rotary_emb.inv_freq"],
-    ),
+    map("transformer.rotary_emb.inv_freq", "transformer.rotary_emb.inv_freq"),
     map(
         "transformer.h.{i}.attn.rotary_emb.inv_freq",
-        &["transformer.layers.{i}.attn.rotary_emb.inv_freq"],
+        "transformer.layers.{i}.attn.rotary_emb.inv_freq",
     ),
 ];
 
-/// Qwen-1.
-pub struct Qwen;
-
-impl Family for Qwen {
-    fn name(&self) -> &'static str {
-        "qwen"
-    }
-    fn describe(&self) -> &'static str {
-        "Qwen-1 (QWenLMHeadModel): renames + c_attn weight/bias split into wq/wk/wv thirds; checks hidden_size if known"
-    }
-    fn forward(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(self.name(), &[QWEN_RULES], inputs, hp, false)
-    }
-    fn reverse(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(self.name(), &[QWEN_RULES], inputs, hp, true)
-    }
-}
+pub const FAMILY: Family = Family {
+    name: "qwen",
+    description: "Qwen-1 (QWenLMHeadModel): renames + c_attn weight/bias split into wq/wk/wv thirds; checks hidden_size if known",
+    rules: &[RULES],
+    embeddings: &["transformer.wte.weight", "transformer.wte.embedding_weight"],
+    ..Family::BASE
+};

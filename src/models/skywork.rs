@@ -7,26 +7,12 @@
 //! - The reference's bare-substring quirks (forward `lm_head.` → `output.`, reverse any `output.` → `lm_head.`, no
 //!   generic `norm_out`/`embedding_weight` reverse rule) only affect non-standard names, which are errors here.
 
-use crate::models::llama::LLAMA_RULES;
-use crate::models::rules::plan_table;
-use crate::models::{Family, HyperParams, ModelError};
-use crate::ops::Plan;
-use crate::tensor::TensorInfo;
+use crate::models::{llama, Family};
 
-/// Skywork.
-pub struct Skywork;
-
-impl Family for Skywork {
-    fn name(&self) -> &'static str {
-        "skywork"
-    }
-    fn describe(&self) -> &'static str {
-        "Skywork (llama layout): llama renames; needs no hyper-parameters"
-    }
-    fn forward(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(self.name(), &[LLAMA_RULES], inputs, hp, false)
-    }
-    fn reverse(&self, inputs: &[TensorInfo], hp: &HyperParams) -> Result<Plan, ModelError> {
-        plan_table(self.name(), &[LLAMA_RULES], inputs, hp, true)
-    }
-}
+pub const FAMILY: Family = Family {
+    name: "skywork",
+    description: "Skywork (llama layout): llama renames; needs no hyper-parameters",
+    rules: &[llama::RULES],
+    embeddings: llama::EMBEDDINGS,
+    ..Family::BASE
+};

@@ -6,16 +6,11 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// `../shared/fixtures` relative to the repo root, if present.
-pub fn fixtures() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("note: {} not found; fixture tests skipped", p.display());
-        None
-    }
-}
+// The fixture locator (`fixtures()`, `fixture(rel)`, the golden walks and counts), shared with the other helpers.
+#[path = "fixtures.rs"]
+mod locate;
+#[allow(unused_imports)]
+pub use locate::*;
 
 /// One tensor as a sidecar (or `inspect --json --hash`) lists it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -7,38 +7,15 @@ use convert_weight::formats::{self, OutTensor, OutputFormat, WriteOptions};
 use convert_weight::tensor::{Checkpoint, DType};
 use sha2::{Digest, Sha256};
 
-/// The fixtures directory, or `None` (with a note) when it is absent.
-pub fn fixtures() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("note: fixtures dir {} absent: test skipped", p.display());
-        None
-    }
-}
+// The fixture locator, shared with `tests/common`.
+#[path = "../common/fixtures.rs"]
+mod locate;
+#[allow(unused_imports)]
+pub use locate::*;
 
 pub fn sha256_hex(b: &[u8]) -> String {
     let d = Sha256::digest(b);
     d.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Every file under `dir` whose name ends with `suffix`, sorted.
-pub fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_str().unwrap().ends_with(suffix) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// The sidecar json of a data file.
