@@ -6,8 +6,9 @@
 #   3. run the GPU-vs-CPU bit-identity tests (tests/gpu.rs) with CONVERT_WEIGHT_REQUIRE_GPU=1: no silent skip;
 #   4. run the benchmark with --device cuda and --device cpu on the same inputs (bf16 → fp16 cast, bloom head
 #      split + transposes), compare one output of each device byte for byte, and print one table.
-# Without a GPU (no nvidia-smi, or it fails) it does what it can: setup, build, the tests (which then skip, loudly),
-# and the CPU half of the table, at GPU_CHECK_SIZE (default 8GiB with a GPU, 512MiB without).
+# Without a GPU (no nvidia-smi, or it fails) it does what it can: setup, build, the tests (which then skip, loudly,
+# and run their cases CPU against CPU; the CUDA binaries start thanks to the driver link stub), and the CPU half of
+# the table, at GPU_CHECK_SIZE (default 8GiB with a GPU, 512MiB without).
 #
 # Settings (environment): GPU_CHECK_SIZE, GPU_CHECK_RUNS (timed runs per case, default 1),
 # GPU_CHECK_CACHE (bench inputs, default $CARGO_TARGET_DIR/bench-cache), CARGO_TARGET_DIR, CUDA_SETUP_DIR,
@@ -67,6 +68,14 @@ if ! { cargo build --release --features cuda --bins --example bench \
 fi
 build_s=$(($(date +%s) - tb))
 phase "build: done in ${build_s}s"
+
+# Without a GPU the CUDA build cannot even start (it links libcuda.so.1, which only the NVIDIA driver installs).
+# Here, and only here, the link stub stands in for the driver: every CUDA call then fails, so the tests take their
+# no-device path (loud skips, CPU-against-CPU cases) and the benchmark's CPU half runs with the very same binaries.
+if [ $gpu = 0 ]; then
+    export LD_LIBRARY_PATH=$CUDA_ROOT/lib/stubs:$LD_LIBRARY_PATH
+    phase "no GPU: the driver link stub is on LD_LIBRARY_PATH for the tests and the benchmark (CUDA calls fail)"
+fi
 
 # 3. GPU tests.
 test_result="skipped (no GPU)"
