@@ -81,7 +81,8 @@ fi
 test_result="skipped (no GPU)"
 phase "tests: cargo test --release --features cuda --test gpu (and src/device.rs) -> $logs/tests.log"
 req=$([ $gpu = 1 ] && echo 1 || echo 0)
-if CONVERT_WEIGHT_REQUIRE_GPU=$req cargo test --release --features cuda --test gpu --lib device \
+if { CONVERT_WEIGHT_REQUIRE_GPU=$req cargo test --release --features cuda --test gpu \
+        && CONVERT_WEIGHT_REQUIRE_GPU=$req cargo test --release --features cuda --lib device; } \
         >"$logs/tests.log" 2>&1; then
     skipped=$(grep -c '^SKIPPED (no CUDA device)' "$logs/tests.log")
     passed=$(grep -o 'test result: ok. [0-9]* passed' "$logs/tests.log" | awk '{s += $4} END {print s + 0}')
