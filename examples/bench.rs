@@ -36,6 +36,40 @@ const VOCAB: usize = 32000;
 const HEADS: usize = 32;
 const MIB: u64 = 1 << 20;
 
+// MoE case: Qwen3-30B-A3B shapes (hidden 2048, 32 heads, 4 KV heads, head_dim 128, expert ffn 768, 128 experts);
+// the expert count shrinks for small `--size` (see `moe_experts`).
+const MOE_H: usize = 2048;
+const MOE_HEADS: usize = 32;
+const MOE_KV: usize = 4;
+const MOE_HD: usize = 128;
+const MOE_FFN: usize = 768;
+const MOE_MAX_EXPERTS: usize = 128;
+/// Routed experts of the MoE input (set once from `--size` before any input is made).
+static MOE_EXPERTS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(MOE_MAX_EXPERTS);
+
+// FP8 case: DeepSeek-V3-style MLA + dense MLP layers with F8_E4M3 weights and F32 128x128 `weight_scale_inv`
+// block scales, scaled down (hidden 2048, 16 heads, q_lora 512, kv_lora 256, nope 128, rope 64, v 128, ffn 5632;
+// kv_a has 320 rows: a partial edge block).
+const DS_H: usize = 2048;
+const DS_HEADS: usize = 16;
+const DS_QL: usize = 512;
+const DS_KVL: usize = 256;
+const DS_NOPE: usize = 128;
+const DS_ROPE: usize = 64;
+const DS_V: usize = 128;
+const DS_FFN: usize = 5632;
+
+/// Experts that keep one MoE layer near `size` (4..=128).
+fn moe_experts(size: u64) -> usize {
+    let per_expert = (3 * MOE_FFN * MOE_H * 2) as u64;
+    ((size / per_expert) as usize).clamp(4, MOE_MAX_EXPERTS)
+}
+
+fn experts() -> usize {
+    MOE_EXPERTS.load(Ordering::Relaxed)
+}
+
 #[derive(Parser, Debug)]
 #[command(
     about = "Benchmark convert-weight against cp and the Python way on synthetic 7B-shaped checkpoints"
@@ -87,6 +121,10 @@ enum Layout {
     LlamaMs,
     /// HF bloom names (`h.N.self_attention.query_key_value.weight`...), unprefixed, vocab 32000.
     Bloom,
+    /// HF Qwen3-MoE names, every layer MoE (`model.layers.N.mlp.experts.E.gate_proj.weight`...).
+    Qwen3Moe,
+    /// HF DeepSeek-V3 names, MLA + dense MLP, FP8 e4m3 weights with F32 `weight_scale_inv` (norms bf16).
+    DeepseekFp8,
 }
 
 /// One synthetic input file.
@@ -150,6 +188,22 @@ const INPUTS: &[InputDef] = &[
         file: "model.safetensors",
         fallback_for: Some("bloom-f16-bin"),
     },
+    InputDef {
+        key: "qwen3moe-bf16-st",
+        layout: Layout::Qwen3Moe,
+        dtype: DType::BF16,
+        format: OutputFormat::Safetensors,
+        file: "model.safetensors",
+        fallback_for: None,
+    },
+    InputDef {
+        key: "deepseek-fp8-st",
+        layout: Layout::DeepseekFp8,
+        dtype: DType::F8E4M3,
+        format: OutputFormat::Safetensors,
+        file: "model.safetensors",
+        fallback_for: None,
+    },
 ];
 
 /// Per-layer tensors of a layout, `{i}` standing for the layer number.
@@ -195,6 +249,120 @@ fn layer_pattern(layout: Layout) -> Vec<(&'static str, Vec<usize>)> {
             ("h.{i}.mlp.dense_4h_to_h.weight", vec![h, 4 * h]),
             ("h.{i}.mlp.dense_4h_to_h.bias", vec![h]),
         ],
+        Layout::Qwen3Moe => {
+            let (h, f, e) = (MOE_H, MOE_FFN, experts());
+            let mut v = vec![
+                (
+                    "model.layers.{i}.self_attn.q_proj.weight",
+                    vec![MOE_HEADS * MOE_HD, h],
+                ),
+                (
+                    "model.layers.{i}.self_attn.k_proj.weight",
+                    vec![MOE_KV * MOE_HD, h],
+                ),
+                (
+                    "model.layers.{i}.self_attn.v_proj.weight",
+                    vec![MOE_KV * MOE_HD, h],
+                ),
+                (
+                    "model.layers.{i}.self_attn.o_proj.weight",
+                    vec![h, MOE_HEADS * MOE_HD],
+                ),
+                ("model.layers.{i}.self_attn.q_norm.weight", vec![MOE_HD]),
+                ("model.layers.{i}.self_attn.k_norm.weight", vec![MOE_HD]),
+                ("model.layers.{i}.input_layernorm.weight", vec![h]),
+                ("model.layers.{i}.post_attention_layernorm.weight", vec![h]),
+                ("model.layers.{i}.mlp.gate.weight", vec![e, h]),
+            ];
+            for _ in 0..e {
+                v.push((
+                    "model.layers.{i}.mlp.experts.{e}.gate_proj.weight",
+                    vec![f, h],
+                ));
+                v.push((
+                    "model.layers.{i}.mlp.experts.{e}.up_proj.weight",
+                    vec![f, h],
+                ));
+                v.push((
+                    "model.layers.{i}.mlp.experts.{e}.down_proj.weight",
+                    vec![h, f],
+                ));
+            }
+            v
+        }
+        Layout::DeepseekFp8 => {
+            let q = DS_HEADS * (DS_NOPE + DS_ROPE);
+            let kv = DS_HEADS * (DS_NOPE + DS_V);
+            let mut v = Vec::new();
+            let mut w = |n: &'static str, s: &'static str, r: usize, c: usize| {
+                v.push((n, vec![r, c]));
+                v.push((s, vec![r.div_ceil(128), c.div_ceil(128)]));
+            };
+            w(
+                "model.layers.{i}.self_attn.q_a_proj.weight",
+                "model.layers.{i}.self_attn.q_a_proj.weight_scale_inv",
+                DS_QL,
+                DS_H,
+            );
+            w(
+                "model.layers.{i}.self_attn.q_b_proj.weight",
+                "model.layers.{i}.self_attn.q_b_proj.weight_scale_inv",
+                q,
+                DS_QL,
+            );
+            w(
+                "model.layers.{i}.self_attn.kv_a_proj_with_mqa.weight",
+                "model.layers.{i}.self_attn.kv_a_proj_with_mqa.weight_scale_inv",
+                DS_KVL + DS_ROPE,
+                DS_H,
+            );
+            w(
+                "model.layers.{i}.self_attn.kv_b_proj.weight",
+                "model.layers.{i}.self_attn.kv_b_proj.weight_scale_inv",
+                kv,
+                DS_KVL,
+            );
+            w(
+                "model.layers.{i}.self_attn.o_proj.weight",
+                "model.layers.{i}.self_attn.o_proj.weight_scale_inv",
+                DS_H,
+                DS_HEADS * DS_V,
+            );
+            w(
+                "model.layers.{i}.mlp.gate_proj.weight",
+                "model.layers.{i}.mlp.gate_proj.weight_scale_inv",
+                DS_FFN,
+                DS_H,
+            );
+            w(
+                "model.layers.{i}.mlp.up_proj.weight",
+                "model.layers.{i}.mlp.up_proj.weight_scale_inv",
+                DS_FFN,
+                DS_H,
+            );
+            w(
+                "model.layers.{i}.mlp.down_proj.weight",
+                "model.layers.{i}.mlp.down_proj.weight_scale_inv",
+                DS_H,
+                DS_FFN,
+            );
+            v.extend([
+                (
+                    "model.layers.{i}.self_attn.q_a_layernorm.weight",
+                    vec![DS_QL],
+                ),
+                (
+                    "model.layers.{i}.self_attn.kv_a_layernorm.weight",
+                    vec![DS_KVL],
+                ),
+                ("model.layers.{i}.input_layernorm.weight", vec![DS_H]),
+                (
+                    "model.layers.{i}.post_attention_layernorm.weight",
+                    vec![DS_H],
+                ),
+            ]);
+            v
+        }
     }
 }
 
@@ -207,6 +375,20 @@ type Ends = (
 fn ends(layout: Layout) -> Ends {
     let (h, v) = (HIDDEN, VOCAB);
     match layout {
+        Layout::Qwen3Moe | Layout::DeepseekFp8 => {
+            let h = if layout == Layout::Qwen3Moe {
+                MOE_H
+            } else {
+                DS_H
+            };
+            (
+                vec![("model.embed_tokens.weight", vec![v, h])],
+                vec![
+                    ("model.norm.weight", vec![h]),
+                    ("lm_head.weight", vec![v, h]),
+                ],
+            )
+        }
         Layout::LlamaHf => (
             vec![("model.embed_tokens.weight", vec![v, h])],
             vec![
@@ -252,28 +434,91 @@ fn tensors(layout: Layout, layers: usize, dtype: DType) -> Vec<TensorInfo> {
     let pattern = layer_pattern(layout);
     let mut out: Vec<TensorInfo> = head
         .iter()
-        .map(|(n, s)| TensorInfo::new(*n, dtype, s.clone()))
+        .map(|(n, s)| TensorInfo::new(*n, tensor_dtype(layout, n, s, dtype), s.clone()))
         .collect();
     for i in 0..layers {
+        let mut e = 0usize;
         for (n, s) in &pattern {
+            let mut name = n.replace("{i}", &i.to_string());
+            if name.contains("{e}") {
+                name = name.replace("{e}", &(e / 3).to_string());
+                e += 1;
+            }
             out.push(TensorInfo::new(
-                n.replace("{i}", &i.to_string()),
-                dtype,
+                name,
+                tensor_dtype(layout, n, s, dtype),
                 s.clone(),
             ));
         }
     }
     out.extend(
         tail.iter()
-            .map(|(n, s)| TensorInfo::new(*n, dtype, s.clone())),
+            .map(|(n, s)| TensorInfo::new(*n, tensor_dtype(layout, n, s, dtype), s.clone())),
     );
     out
 }
 
+/// The dtype of one tensor: the input's, except in the FP8 input (F32 block scales; bf16 norms, embedding, head).
+fn tensor_dtype(layout: Layout, name: &str, shape: &[usize], dtype: DType) -> DType {
+    if layout != Layout::DeepseekFp8 {
+        return dtype;
+    }
+    if name.ends_with("weight_scale_inv") {
+        DType::F32
+    } else if shape.len() == 1 || !name.starts_with("model.layers.") {
+        DType::BF16
+    } else {
+        DType::F8E4M3
+    }
+}
+
+/// The largest tensor a conversion of this input writes (stacked experts; FP8 dequantised to bf16).
+fn largest_output(layout: Layout, infos: &[TensorInfo]) -> u64 {
+    let largest_in = infos.iter().map(|t| t.nbytes() as u64).max().unwrap_or(0);
+    match layout {
+        Layout::Qwen3Moe => largest_in.max((experts() * MOE_H * 2 * MOE_FFN * 2) as u64),
+        Layout::DeepseekFp8 => infos
+            .iter()
+            .map(|t| (t.numel() * 2) as u64)
+            .max()
+            .unwrap_or(0),
+        _ => largest_in,
+    }
+}
+
 /// Deterministic, finite half-precision values in ±[2^-10, 1): random sign and mantissa, exponent in a narrow band
-/// (no value overflows a bf16 → fp16 cast).
+/// (no value overflows a bf16 → fp16 cast). FP8 e4m3: random codes but the NaN ones; F32: block scales in
+/// [2^-12, 2^-8).
 fn fill(buf: &mut [u8], dtype: DType, seed: u64) {
     const CHUNK: usize = 1 << 20;
+    if dtype == DType::F8E4M3 || dtype == DType::F32 {
+        buf.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let mut s = seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut next = || {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    s
+                };
+                if dtype == DType::F8E4M3 {
+                    for b in chunk.iter_mut() {
+                        let r = next() as u8;
+                        *b = if r & 0x7F == 0x7F { 0x3F } else { r };
+                    }
+                } else {
+                    for w in chunk.chunks_exact_mut(4) {
+                        let r = next();
+                        let v = f32::from_bits(
+                            ((115 + (r >> 40) % 4) as u32) << 23 | (r as u32 & 0x7F_FFFF),
+                        );
+                        w.copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+            });
+        return;
+    }
     buf.par_chunks_mut(CHUNK)
         .enumerate()
         .for_each(|(c, chunk)| {
@@ -301,6 +546,25 @@ fn config_json(layout: Layout, layers: usize, dtype: DType) -> serde_json::Value
         "float16"
     };
     match layout {
+        Layout::Qwen3Moe => json!({
+            "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": MOE_H,
+            "intermediate_size": 6144, "moe_intermediate_size": MOE_FFN, "num_experts": experts(),
+            "num_experts_per_tok": 8, "decoder_sparse_step": 1, "mlp_only_layers": [],
+            "num_attention_heads": MOE_HEADS, "num_key_value_heads": MOE_KV, "head_dim": MOE_HD,
+            "num_hidden_layers": layers, "vocab_size": VOCAB, "tie_word_embeddings": false,
+            "torch_dtype": torch_dtype,
+        }),
+        Layout::DeepseekFp8 => json!({
+            "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "hidden_size": DS_H,
+            "intermediate_size": DS_FFN, "moe_intermediate_size": 512, "n_routed_experts": 8,
+            "n_shared_experts": 1, "first_k_dense_replace": layers, "moe_layer_freq": 1,
+            "num_attention_heads": DS_HEADS, "num_key_value_heads": DS_HEADS, "q_lora_rank": DS_QL,
+            "kv_lora_rank": DS_KVL, "qk_nope_head_dim": DS_NOPE, "qk_rope_head_dim": DS_ROPE,
+            "v_head_dim": DS_V, "num_hidden_layers": layers, "num_nextn_predict_layers": 0,
+            "vocab_size": VOCAB, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+            "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                     "weight_block_size": [128, 128]},
+        }),
         Layout::Bloom => json!({
             "architectures": ["BloomForCausalLM"], "model_type": "bloom", "hidden_size": HIDDEN,
             "n_head": HEADS, "n_layer": layers, "vocab_size": VOCAB, "torch_dtype": torch_dtype,
@@ -338,7 +602,7 @@ fn ensure_input(cache: &Path, def: &InputDef, size: u64) -> Result<Input, String
     let path = dir.join(def.file);
     let done = dir.join(".complete");
     let infos = tensors(def.layout, layers, def.dtype);
-    let largest = infos.iter().map(|t| t.nbytes() as u64).max().unwrap_or(0);
+    let largest = largest_output(def.layout, &infos);
     if !done.exists() {
         fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         eprint!("generating {} ... ", path.display());
@@ -357,7 +621,7 @@ fn ensure_input(cache: &Path, def: &InputDef, size: u64) -> Result<Input, String
         for idx in w.order() {
             let n = infos[idx].nbytes();
             buf.resize(n, 0);
-            fill(&mut buf, def.dtype, idx as u64 + 1);
+            fill(&mut buf, infos[idx].dtype, idx as u64 + 1);
             w.write(idx, &buf).map_err(|e| e.to_string())?;
         }
         w.finish().map_err(|e| e.to_string())?;
@@ -375,6 +639,123 @@ fn ensure_input(cache: &Path, def: &InputDef, size: u64) -> Result<Input, String
         bytes,
         largest,
         layers,
+    })
+}
+
+/// Key of the distributed input: the llama `.ckpt` input cut into 8 ranks (2 pipeline stages × 4-way tensor
+/// parallelism; column-parallel wq/wk/wv/w1/w3/embeddings on axis 0, row-parallel wo/w2 on axis 1, norms
+/// replicated) with a per-stage MindSpore strategy folder, written by the project's own splitter.
+const DIST_KEY: &str = "llama-f16-dist8";
+
+fn dist_layout(
+    name: &str,
+    shape: &[usize],
+    tp: u32,
+) -> Option<convert_weight::formats::strategy::ParallelLayouts> {
+    use convert_weight::formats::strategy::{
+        DevMatrix, ParallelLayouts, ParamSplitShape, TensorMap,
+    };
+    let col = ["wq.", "wk.", "wv.", "w1.", "w3.", "embedding", "lm_head"];
+    let mut map = vec![-1i32; shape.len()];
+    if col.iter().any(|c| name.contains(c)) && shape.len() == 2 {
+        map[0] = 0;
+    } else if (name.contains("wo.") || name.contains("w2.")) && shape.len() == 2 {
+        map[1] = 0;
+    }
+    if map
+        .iter()
+        .enumerate()
+        .any(|(i, &m)| m == 0 && shape[i] % tp as usize != 0)
+    {
+        return None;
+    }
+    Some(ParallelLayouts {
+        dev_matrix: vec![DevMatrix { dim: vec![tp] }],
+        tensor_map: vec![TensorMap { dim: map }],
+        param_split_shape: vec![ParamSplitShape { dim: vec![] }],
+        indices_offset: vec![],
+        field: 0,
+        opt_weight_shard_step: 0,
+        opt_weight_shard_size: 0,
+    })
+}
+
+/// Generate (or find cached) the 8-rank distributed input from the llama `.ckpt` input.
+fn ensure_distributed(cache: &Path, src: &Input) -> Result<Input, String> {
+    use convert_weight::formats::distributed::split;
+    use convert_weight::formats::strategy::{
+        ParallelLayoutItem, ParallelStrategyItem, ParallelStrategyMap, ParallelStrategys, Strategy,
+    };
+    use prost::Message;
+    let dir = cache.join(format!("{DIST_KEY}-L{}", src.layers));
+    let root = dir.join("ckpt");
+    let done = dir.join(".complete");
+    let (tp, stages) = (4u32, 2usize);
+    if !done.exists() {
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        eprint!("generating {} ... ", root.display());
+        let t0 = Instant::now();
+        let source = formats::open_model(&src.path).map_err(|e| e.to_string())?;
+        let per = src.layers.div_ceil(stages).max(1);
+        let sdir = dir.join("strategy-src");
+        fs::create_dir_all(&sdir).map_err(|e| format!("{}: {e}", sdir.display()))?;
+        for st in 0..stages {
+            let mut items = Vec::new();
+            for t in &source.tensors {
+                let n = &t.info.name;
+                let stage = match n.split("layers.").nth(1) {
+                    Some(rest) => rest
+                        .split('.')
+                        .next()
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .map_or(0, |i| (i / per).min(stages - 1)),
+                    None if n.contains("norm_out") || n.contains("lm_head") => stages - 1,
+                    None => 0,
+                };
+                if stage != st {
+                    continue;
+                }
+                if let Some(l) = dist_layout(n, &t.info.shape, tp) {
+                    items.push(ParallelLayoutItem {
+                        param_name: n.clone(),
+                        parallel_layouts: l,
+                    });
+                }
+            }
+            let map = ParallelStrategyMap {
+                current_stage: st as u32,
+                parallel_strategy_item: vec![ParallelStrategyItem {
+                    node_name: "bench".into(),
+                    parallel_strategys: ParallelStrategys {
+                        stage: st as u32,
+                        parallel_strategy: vec![],
+                    },
+                }],
+                parallel_layout_item: items,
+            };
+            let f = sdir.join(format!("stage{st}.ckpt"));
+            fs::write(&f, map.encode_to_vec()).map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+        let strategy = Strategy::read(&sdir).map_err(|e| e.to_string())?;
+        let plan = split::plan_mindspore(&source, &strategy, OutputFormat::Ckpt)
+            .map_err(|e| e.to_string())?;
+        split::write(&source, &plan, &root, &[]).map_err(|e| e.to_string())?;
+        fs::write(&done, b"").map_err(|e| format!("{}: {e}", done.display()))?;
+        eprintln!("{:.1} s", t0.elapsed().as_secs_f64());
+    }
+    let mut bytes = 0;
+    for r in 0..(tp as usize * stages) {
+        let f = root.join(format!("rank_{r}/checkpoint_{r}.ckpt"));
+        bytes += fs::metadata(&f)
+            .map_err(|e| format!("{}: {e}", f.display()))?
+            .len();
+    }
+    Ok(Input {
+        path: root,
+        bytes,
+        largest: src.largest,
+        layers: src.layers,
     })
 }
 
@@ -842,6 +1223,7 @@ struct ConvCase {
 
 fn run(args: Args) -> Result<bool, String> {
     let size = parse_size(&args.size).map_err(|e| format!("--size: {e}"))?;
+    MOE_EXPERTS.store(moe_experts(size), Ordering::Relaxed);
     if args.runs == 0 {
         return Err("--runs must be at least 1".into());
     }
@@ -894,7 +1276,11 @@ fn run(args: Args) -> Result<bool, String> {
     let missing = selected.iter().any(|d| {
         (d.fallback_for.is_none() || !selected.iter().any(|p| Some(p.key) == d.fallback_for))
             && !is_complete(&cache, d, size)
-    });
+    }) || (selected.iter().any(|d| d.key == "llama-f16-ckpt")
+        && !cache
+            .join(format!("{DIST_KEY}-L{}", layers_for(Layout::LlamaMs, size)))
+            .join(".complete")
+            .exists());
     if args.generate_only {
         for def in selected.iter().copied() {
             if def
@@ -905,6 +1291,13 @@ fn run(args: Args) -> Result<bool, String> {
                 continue;
             }
             if let Err(e) = ensure_input(&cache, def, size) {
+                eprintln!("skipped: {e}");
+            }
+        }
+        if let Some(def) = selected.iter().copied().find(|d| d.key == "llama-f16-ckpt") {
+            if let Err(e) =
+                ensure_input(&cache, def, size).and_then(|i| ensure_distributed(&cache, &i))
+            {
                 eprintln!("skipped: {e}");
             }
         }
@@ -931,6 +1324,14 @@ fn run(args: Args) -> Result<bool, String> {
                 inputs.insert(def.key, i);
             }
             Err(e) => notes.push(format!("input {} not generated: {e}", def.key)),
+        }
+    }
+    if let Some(ck) = inputs.get("llama-f16-ckpt").cloned() {
+        match ensure_distributed(&cache, &ck) {
+            Ok(i) => {
+                inputs.insert(DIST_KEY, i);
+            }
+            Err(e) => notes.push(format!("input {DIST_KEY} not generated: {e}")),
         }
     }
     let llama = has_model(&cw, "llama");
@@ -1045,6 +1446,56 @@ fn run(args: Args) -> Result<bool, String> {
         notes.push("bloom case skipped: --model bloom is not built yet".into());
     }
 
+    // Distributed: 8 ranks merged into one file (format only), and straight to HF (issue 11: ≤ 1.5 × cp + fsync
+    // of the same bytes; the baseline copies the single-file .ckpt of the same model).
+    cases.push(ConvCase {
+        name: "distributed 8 ranks (pp2 × tp4 .ckpt) → merged .safetensors".into(),
+        input: DIST_KEY,
+        out: "dist-merged.safetensors",
+        args: vec![],
+        ratio: 1.5,
+    });
+    if llama {
+        cases.push(ConvCase {
+            name: "distributed 8 ranks → HF llama (--reversed)".into(),
+            input: DIST_KEY,
+            out: "dist-llama.bin",
+            args: model_args("llama", &["--reversed"]),
+            ratio: 1.5,
+        });
+    }
+    // MindFormers 2.x (mcore) cases: expert stacking, FP8 block dequantisation.
+    for (model, key, out, name, ratio) in [
+        (
+            "qwen3_moe",
+            "qwen3moe-bf16-st",
+            "moe.safetensors",
+            "qwen3_moe safetensors → .safetensors (qkv fusion + expert stacking)",
+            1.5,
+        ),
+        (
+            "deepseek3",
+            "deepseek-fp8-st",
+            "ds.safetensors",
+            "deepseek3 FP8 e4m3 → bf16 .safetensors (128x128 block dequant)",
+            2.5,
+        ),
+    ] {
+        if has_model(&cw, model) {
+            cases.push(ConvCase {
+                name: name.into(),
+                input: key,
+                out,
+                args: model_args(model, &[]),
+                ratio,
+            });
+        } else {
+            notes.push(format!(
+                "{name}: skipped (--model {model} is not built yet)"
+            ));
+        }
+    }
+
     let mut rows: Vec<Row> = Vec::new();
     let mut failed = false;
     let runs = args.runs;
@@ -1068,7 +1519,11 @@ fn run(args: Args) -> Result<bool, String> {
             ));
             continue;
         };
-        let baseline = baseline_of(input);
+        // A distributed input (a folder) is paired with `cp` of the single file holding the same model.
+        let baseline = match (case.input, inputs.get("llama-f16-ckpt")) {
+            (DIST_KEY, Some(single)) => baseline_of(single),
+            _ => baseline_of(input),
+        };
         let out = out_dir.join(case.out);
         let mut a = case.args.clone();
         dev(&mut a);

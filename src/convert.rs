@@ -306,6 +306,8 @@ fn target(spec: &JobSpec) -> Result<Target, ConvertError> {
         )));
     };
     let path = out.clone();
+    // A file name with `--max-shard-size`: shards named after it beside it (`o.bin` → `o-00001-of-00002.bin` and
+    // `o.bin.index.json`; one shard is `o.bin` itself).
     if spec.max_shard_size.is_some() {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         return Ok(Target {
@@ -346,7 +348,15 @@ fn check_not_overwriting(source: &Checkpoint, target: &Target) -> Result<(), Con
 /// Open the input: the checkpoint's headers and, for a model conversion, the family and its hyper-parameters
 /// (config.json beside the weights, then the flags).
 fn open(spec: &JobSpec) -> Result<Opened, ConvertError> {
-    let source = formats::open_model(&spec.input)?;
+    let read = formats::ReadOptions {
+        state_dict_key: spec.state_dict_key.clone(),
+    };
+    // Distributed inputs (rank folders, MindFormers 2.x) take these two options; other inputs ignore them.
+    let dist = formats::distributed::Options {
+        keep_optimizer: spec.keep_optimizer,
+        strategy: spec.strategy.clone(),
+    };
+    let source = formats::open_input(&spec.input, &read, &dist)?;
     let Some(name) = &spec.model else {
         return Ok(Opened {
             source,
@@ -362,6 +372,7 @@ fn open(spec: &JobSpec) -> Result<Opened, ConvertError> {
     };
     let hp = hp
         .with_flags(spec.n_head, spec.hidden_size, spec.layers)
+        .and_then(|hp| hp.with_mlp_layout(spec.mlp_layout))
         .map_err(|e| config_error(&config, e))?;
     Ok(Opened {
         source,
@@ -407,7 +418,9 @@ fn plan_job(spec: &JobSpec, opened: &Opened) -> Result<JobPlan, ConvertError> {
 
 /// Warnings a plan gives before it runs: dropped inputs and non-tensor entries.
 fn plan_warnings(source: &Checkpoint, plan: &JobPlan) -> Vec<String> {
-    let mut warnings = plan.drop_warnings();
+    // What the reader noted first (e.g. which state dict of a training checkpoint was used, and what was left out).
+    let mut warnings = source.notes.clone();
+    warnings.extend(plan.drop_warnings());
     if !source.others.is_empty() {
         let names: Vec<&str> = source.others.iter().map(|o| o.name.as_str()).collect();
         warnings.push(format!(
@@ -420,13 +433,37 @@ fn plan_warnings(source: &Checkpoint, plan: &JobPlan) -> Vec<String> {
     warnings
 }
 
-/// Write options: the safetensors `format` metadata, shard size.
-fn write_options(spec: &JobSpec, source: &Checkpoint) -> WriteOptions {
-    WriteOptions {
-        metadata: vec![("format".to_string(), names_format(spec, source).to_string())],
+/// Write options: the safetensors metadata (our `format`, and the source's own entries where the target can carry
+/// them; warnings say what could not be carried), shard size and names.
+fn write_options(
+    spec: &JobSpec,
+    source: &Checkpoint,
+    target: &Target,
+    plan: &JobPlan,
+) -> (WriteOptions, Option<String>) {
+    let own = [("format".to_string(), names_format(spec, source).to_string())];
+    let names: Vec<&str> = plan.outs.iter().map(|o| o.info.name.as_str()).collect();
+    let (metadata, warning) =
+        formats::carried_metadata(target.format, &source.metadata, &own, &names);
+    let opts = WriteOptions {
+        metadata,
         max_shard_size: spec.max_shard_size,
+        shard_name: shard_name(spec),
         ..WriteOptions::default()
+    };
+    (opts, warning)
+}
+
+/// The single-file name that the shards of a `--max-shard-size` output given as a file path are named after.
+fn shard_name(spec: &JobSpec) -> Option<String> {
+    let is_dir = spec.output.as_os_str().to_string_lossy().ends_with('/') || spec.output.is_dir();
+    if spec.max_shard_size.is_none() || is_dir {
+        return None;
     }
+    spec.output
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
 }
 
 /// The safetensors `format` metadata of an output says whose tensor names it holds, one rule for every mode: `ms`
@@ -526,7 +563,7 @@ impl Prepared {
         let opened = open(spec)?;
         let plan = plan_job(spec, &opened)?;
         let Opened { source, config, .. } = opened;
-        let warnings = plan_warnings(&source, &plan);
+        let mut warnings = plan_warnings(&source, &plan);
         let (target, opts) = if spec.output.as_os_str().is_empty() {
             // Planning only (verify): no output.
             let none = Target {
@@ -538,7 +575,9 @@ impl Prepared {
         } else {
             let target = target(spec)?;
             check_not_overwriting(&source, &target)?;
-            (target, write_options(spec, &source))
+            let (opts, warn) = write_options(spec, &source, &target, &plan);
+            warnings.extend(warn);
+            (target, opts)
         };
         Ok(Prepared {
             source,

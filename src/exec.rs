@@ -132,6 +132,14 @@ impl Compute {
                     }
                 }
             }
+            // FP8 block dequantisation: the weight's bytes (usually borrowed) and its scales, straight into `out`.
+            Expr::Dequant { .. } => {
+                overflowed += self.dequant_into(expr, inputs, &mut out)?;
+                return Ok(Evaluated {
+                    bytes: Cow::Owned(out),
+                    overflowed,
+                });
+            }
             // Narrows and reshapes of an input whose rows stay contiguous (head splits): copies of those runs.
             _ => {
                 if let Some((base, runs)) = gather_runs(expr, inputs) {
@@ -140,6 +148,30 @@ impl Compute {
                         bytes: Cow::Owned(out),
                         overflowed,
                     });
+                }
+                // A concatenation along the leading dimension (stacked experts, fused q/k/v) is its parts' bytes
+                // one after another: evaluate and append one part at a time, so that only the result and one part
+                // are ever held (not every part and the result).
+                if let Expr::Concat(parts, 0) = expr {
+                    if parts.len() > 1 {
+                        let (dtype, shape) = shape_of(expr, inputs)?;
+                        let total = shape.iter().product::<usize>() * dtype.size();
+                        out.clear();
+                        out.reserve_exact(total);
+                        let mut scratch = Vec::new();
+                        for p in parts {
+                            let e = self.eval_reusing(p, inputs, std::mem::take(&mut scratch))?;
+                            overflowed += e.overflowed;
+                            out.extend_from_slice(&e.bytes);
+                            if let Cow::Owned(v) = e.bytes {
+                                scratch = v;
+                            }
+                        }
+                        return Ok(Evaluated {
+                            bytes: Cow::Owned(out),
+                            overflowed,
+                        });
+                    }
                 }
             }
         }
@@ -235,7 +267,41 @@ impl Compute {
                 Tensor::zeros(shape.as_slice(), carrier(*d), &self.device)?,
                 *d,
             ),
+            Expr::Dequant { .. } => {
+                let mut out = Vec::new();
+                *overflowed += self.dequant_into(expr, inputs, &mut out)?;
+                let (d, shape) = shape_of(expr, inputs)?;
+                (
+                    Tensor::from_raw_buffer(&out, carrier(d), &shape, &self.device)?,
+                    d,
+                )
+            }
         })
+    }
+
+    /// Evaluate an [`Expr::Dequant`] into `out` on the host ([`crate::fp8::dequant_into`]): holds the weight's
+    /// bytes (borrowed from the map when it is an input), its scales and the output. Returns the overflow count.
+    fn dequant_into(&self, expr: &Expr, inputs: &[TensorEntry], out: &mut Vec<u8>) -> Result<u64> {
+        let Expr::Dequant {
+            weight,
+            scale,
+            block,
+            to,
+        } = expr
+        else {
+            return Err(ExecError("not a dequantisation".into()));
+        };
+        let (wd, ws) = shape_of(weight, inputs)?;
+        let (sd, _) = shape_of(scale, inputs)?;
+        let [rows, cols] = ws[..] else {
+            return Err(ExecError(format!(
+                "dequantise: weight shape {ws:?} is not 2-D"
+            )));
+        };
+        let w = self.eval(weight, inputs)?;
+        let s = self.eval(scale, inputs)?;
+        crate::fp8::dequant_into(&w.bytes, wd, [rows, cols], &s.bytes, sd, *block, *to, out)
+            .map_err(|e| ExecError(e.0))
     }
 
     /// Cast a flat buffer of `from` elements to `to` into `out`, in parallel chunks, each on a candle tensor small
@@ -439,10 +505,7 @@ fn input(inputs: &[TensorEntry], i: usize) -> Result<&TensorEntry> {
 /// narrow of one): no tensor needed.
 fn borrowed<'a>(expr: &Expr, inputs: &'a [TensorEntry]) -> Option<&'a [u8]> {
     match expr {
-        Expr::Input(i) => match &inputs.get(*i)?.data.bytes() {
-            Cow::Borrowed(b) => Some(b),
-            Cow::Owned(_) => None,
-        },
+        Expr::Input(i) => inputs.get(*i)?.data.borrowed(),
         Expr::Reshape(src, _) => borrowed(src, inputs),
         Expr::Narrow {
             src,
@@ -484,6 +547,7 @@ fn carrier(d: DType) -> CDType {
         DType::U32 => CDType::U32,
         DType::I16 | DType::U16 => CDType::I16,
         DType::I8 | DType::U8 | DType::Bool => CDType::U8,
+        DType::F8E4M3 | DType::F8E5M2 | DType::F8E8M0 => CDType::U8,
     }
 }
 
@@ -697,10 +761,7 @@ fn gather_runs<'a>(
         match expr {
             Expr::Input(i) => {
                 let e = inputs.get(*i)?;
-                let b = match e.data.bytes() {
-                    Cow::Borrowed(b) => b,
-                    Cow::Owned(_) => return None,
-                };
+                let b = e.data.borrowed()?;
                 let shape = e.info.shape.clone();
                 Some((
                     b,

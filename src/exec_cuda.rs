@@ -120,11 +120,12 @@ pub fn cast_kernel(from: DType, to: DType) -> Option<&'static str> {
     })
 }
 
-/// Hook for FP8 (e4m3/e5m2) → bf16 with per-block scales. Not wired yet: it needs the FP8 dtypes in
-/// `crate::tensor::DType` and the CPU reference dequantisation (`src/fp8.rs`, mcore-rust branch), whose exact
-/// rounding the kernel must reproduce. When those land: add an `extern "C"` kernel to [`CAST_SRC`] (one thread per
-/// element, `scale[block(row, col)]` read from a second input), return its name here, and route
-/// `Expr`'s FP8 dequant node to [`stream_cast`]-style chunking with the scale tensor uploaded once.
+/// Hook for FP8 (e4m3/e5m2) → bf16 with per-block scales (`Expr::Dequant`). Not wired yet: `Expr::Dequant` runs
+/// on the host (see [`device_can_hold`]), with `crate::fp8` as the reference. To wire it: an `extern "C"` kernel in
+/// [`CAST_SRC`] reproducing `crate::fp8`'s arithmetic bit for bit (weight × scale in f32, one rounding to `to`; one
+/// thread per element, `scale[row / bm][col / bn]`), its name returned here, `device_can_hold` letting `Dequant`
+/// through, and a [`stream_cast`]-style chunked path with the scale tensor uploaded once; plus an FP8 case in
+/// tests/gpu.rs.
 pub fn fp8_block_dequant_kernel() -> Option<&'static str> {
     None
 }
@@ -481,5 +482,7 @@ pub fn device_can_hold(expr: &crate::ops::Expr, dtype_of: &dyn Fn(usize) -> Opti
         Expr::Reshape(s, _) | Expr::Transpose(s) | Expr::Cast(s, _) => device_can_hold(s, dtype_of),
         Expr::Narrow { src, .. } => device_can_hold(src, dtype_of),
         Expr::Concat(parts, _) => parts.iter().all(|p| device_can_hold(p, dtype_of)),
+        // FP8 block dequantisation runs on the host until the GPU hook is wired (fp8_block_dequant_kernel).
+        Expr::Dequant { .. } => false,
     }
 }

@@ -13,7 +13,7 @@ use crate::tensor::Checkpoint;
 
 /// Read `path` for inspection: one file lists that file's tensors; an index json or a directory lists all shards.
 pub fn open(path: &Path) -> Result<Checkpoint, FormatError> {
-    if path.is_dir() {
+    if path.is_dir() || formats::distributed::detect(path).is_some() {
         formats::open_model(path)
     } else {
         formats::open_file(path)
@@ -21,8 +21,14 @@ pub fn open(path: &Path) -> Result<Checkpoint, FormatError> {
 }
 
 /// Render the inspection of `path`: a table, or with `json` one JSON object
-/// `{"format", "tensors": [{"name","dtype","shape","nbytes"[,"sha256"]}], "other": [...]}`.
+/// `{"format", "tensors": [{"name","dtype","shape","nbytes"[,"sha256"]}], "other": [...], "metadata": {...},
+/// "notes": [...]}` (`metadata`: safetensors `__metadata__`; `notes`: which dict of a training checkpoint was read).
 pub fn inspect(path: &Path, json: bool, hash: bool) -> Result<String, FormatError> {
+    // Distributed checkpoints: the table shows ranks, files and each global tensor's coverage.
+    if !json && !hash && formats::distributed::detect(path).is_some() {
+        let opts = formats::distributed::Options::default();
+        return Ok(formats::distributed::summarise(path, &opts)?.render());
+    }
     let ck = open(path)?;
     let hashes: Vec<Option<String>> = if hash {
         ck.tensors
@@ -55,7 +61,18 @@ pub fn inspect(path: &Path, json: bool, hash: bool) -> Result<String, FormatErro
             .iter()
             .map(|o| json!({"name": o.name, "kind": o.kind, "value": o.value}))
             .collect();
-        let doc = json!({"format": ck.format, "tensors": tensors, "other": other});
+        let metadata: serde_json::Map<String, serde_json::Value> = ck
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        let doc = json!({
+            "format": ck.format,
+            "tensors": tensors,
+            "other": other,
+            "metadata": metadata,
+            "notes": ck.notes,
+        });
         return Ok(format!("{doc}\n"));
     }
     let mut out = String::new();
@@ -68,6 +85,12 @@ pub fn inspect(path: &Path, json: bool, hash: bool) -> Result<String, FormatErro
         ck.tensors.len(),
         total
     );
+    for n in &ck.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+    for (k, v) in &ck.metadata {
+        let _ = writeln!(out, "metadata: {k} = {v}");
+    }
     let width = ck
         .tensors
         .iter()

@@ -11,6 +11,7 @@ pub mod exec;
 pub mod exec_cuda;
 pub mod fingerprint;
 pub mod formats;
+pub mod fp8;
 pub mod fsio;
 pub mod golden;
 pub mod inspect;

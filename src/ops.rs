@@ -27,6 +27,14 @@ pub enum Expr {
     Cast(Box<Expr>, DType),
     /// A tensor of zeros.
     Zeros(Vec<usize>, DType),
+    /// Block dequantisation ([`crate::fp8`]) of a 2-D FP8 `weight` by its `[⌈rows/bm⌉, ⌈cols/bn⌉]` `scale`
+    /// (F32/BF16/F16/F8_E8M0): `weight × scale` in f32, rounded once to `to`.
+    Dequant {
+        weight: Box<Expr>,
+        scale: Box<Expr>,
+        block: [usize; 2],
+        to: DType,
+    },
 }
 
 /// Errors found while checking an expression against the input headers.
@@ -54,6 +62,15 @@ impl Expr {
     }
     pub fn cast(self, dtype: DType) -> Expr {
         Expr::Cast(Box::new(self), dtype)
+    }
+    /// Block dequantisation of `self` (FP8) by `scale`, see [`Expr::Dequant`].
+    pub fn dequant(self, scale: Expr, block: [usize; 2], to: DType) -> Expr {
+        Expr::Dequant {
+            weight: Box::new(self),
+            scale: Box::new(scale),
+            block,
+            to,
+        }
     }
 
     /// Dtype and shape of the result, checked against the input headers.
@@ -144,6 +161,32 @@ impl Expr {
                 Ok((*to, s))
             }
             Expr::Zeros(shape, d) => Ok((*d, shape.clone())),
+            Expr::Dequant {
+                weight,
+                scale,
+                block,
+                to,
+            } => {
+                let (wd, ws) = weight.infer_by(inputs)?;
+                let (sd, ss) = scale.infer_by(inputs)?;
+                if !matches!(wd, DType::F8E4M3 | DType::F8E5M2) {
+                    return Err(ShapeError(format!(
+                        "dequantise: the weight is {wd}, expected F8_E4M3 or F8_E5M2"
+                    )));
+                }
+                if !matches!(sd, DType::F32 | DType::BF16 | DType::F16 | DType::F8E8M0) {
+                    return Err(ShapeError(format!(
+                        "dequantise: the scale is {sd}, expected F32, BF16, F16 or F8_E8M0"
+                    )));
+                }
+                if !matches!(to, DType::F32 | DType::BF16 | DType::F16) {
+                    return Err(ShapeError(format!(
+                        "dequantise to {to}: expected F32, BF16 or F16"
+                    )));
+                }
+                crate::fp8::block_size(&ws, &ss, Some(*block)).map_err(ShapeError)?;
+                Ok((*to, ws))
+            }
         }
     }
 
@@ -157,6 +200,47 @@ impl Expr {
             | Expr::Cast(s, _) => s.inputs(out),
             Expr::Concat(parts, _) => parts.iter().for_each(|p| p.inputs(out)),
             Expr::Zeros(..) => {}
+            Expr::Dequant { weight, scale, .. } => {
+                weight.inputs(out);
+                scale.inputs(out);
+            }
+        }
+    }
+
+    /// The same expression with every `Input(i)` replaced by `f(i)`.
+    pub fn map_inputs(&self, f: &impl Fn(usize) -> Expr) -> Expr {
+        let b = |e: &Expr| Box::new(e.map_inputs(f));
+        match self {
+            Expr::Input(i) => f(*i),
+            Expr::Reshape(s, shape) => Expr::Reshape(b(s), shape.clone()),
+            Expr::Narrow {
+                src,
+                dim,
+                start,
+                len,
+            } => Expr::Narrow {
+                src: b(src),
+                dim: *dim,
+                start: *start,
+                len: *len,
+            },
+            Expr::Transpose(s) => Expr::Transpose(b(s)),
+            Expr::Concat(parts, dim) => {
+                Expr::Concat(parts.iter().map(|p| p.map_inputs(f)).collect(), *dim)
+            }
+            Expr::Cast(s, d) => Expr::Cast(b(s), *d),
+            Expr::Zeros(shape, d) => Expr::Zeros(shape.clone(), *d),
+            Expr::Dequant {
+                weight,
+                scale,
+                block,
+                to,
+            } => Expr::Dequant {
+                weight: b(weight),
+                scale: b(scale),
+                block: *block,
+                to: *to,
+            },
         }
     }
 
@@ -194,6 +278,16 @@ impl fmt::Display for Expr {
             }
             Expr::Cast(s, d) => write!(f, "cast({s}, {d})"),
             Expr::Zeros(shape, d) => write!(f, "zeros({shape:?}, {d})"),
+            Expr::Dequant {
+                weight,
+                scale,
+                block,
+                to,
+            } => write!(
+                f,
+                "dequant({weight}, {scale}, block={}x{}, {to})",
+                block[0], block[1]
+            ),
         }
     }
 }
@@ -237,6 +331,10 @@ pub enum Layout {
     GroupedHeads { groups: usize },
     /// The parts stacked on a new leading axis: fused `[N, …]`, part p = fused[p].
     Stack,
+    /// A gated MLP's gate and up parts in one tensor (MindFormers mcore `linear_fc1`): [`Layout::InterleaveRows`]
+    /// (MindFormers 2.1.0) or [`Layout::Concat`] along rows (2.0.0), as the model's MLP layout says. The planner
+    /// resolves it before splitting or fusing.
+    GatedMlp,
 }
 
 impl Layout {
@@ -323,6 +421,9 @@ impl Layout {
                     })
                     .collect())
             }
+            Layout::GatedMlp => Err(ShapeError(
+                "the gated-MLP layout must be resolved before splitting".into(),
+            )),
             Layout::Stack => {
                 if rows != n {
                     return Err(ShapeError(format!(
@@ -390,6 +491,11 @@ impl Layout {
                 let mut fused = vec![total];
                 fused.extend_from_slice(rest);
                 Expr::Concat(pieces, 1).reshape(fused)
+            }
+            Layout::GatedMlp => {
+                return Err(ShapeError(
+                    "the gated-MLP layout must be resolved before fusing".into(),
+                ))
             }
             Layout::Stack => {
                 same()?;

@@ -26,6 +26,14 @@ pub struct JobSpec {
     pub device: Option<String>,
     /// Split the output into HF shards of at most this many bytes.
     pub max_shard_size: Option<u64>,
+    /// Distributed inputs: keep optimizer state (moments, step counters) instead of dropping it by named rules.
+    pub keep_optimizer: bool,
+    /// Distributed MindSpore inputs: the strategy file or per-stage folder, when it is not in the input's root.
+    pub strategy: Option<PathBuf>,
+    /// MindFormers mcore `linear_fc1` layout: `Some(true)` interleaved, `Some(false)` contiguous (`--mlp-layout`).
+    pub mlp_layout: Option<bool>,
+    /// torch training checkpoints: the entry holding the model's state dict (`None`: chosen by the usual names).
+    pub state_dict_key: Option<String>,
 }
 
 /// A value of a job option that cannot be used. The messages name the value, not where it came from: the CLI and
@@ -46,6 +54,10 @@ pub enum OptionError {
     Device(String),
     #[error("must be a positive integer, got {0}")]
     NotPositive(String),
+    #[error(
+        "unknown MLP layout '{0}': expected interleaved (MindFormers 2.1.0) or contiguous (2.0.0)"
+    )]
+    MlpLayout(String),
 }
 
 /// Parse a size (see the module docs).
@@ -108,6 +120,16 @@ pub fn parse_memory_budget(s: &str, available: u64) -> Result<u64, OptionError> 
 /// Parse a dtype as the user spells it: `fp32`, `fp16`, `bf16`.
 pub fn parse_dtype(s: &str) -> Result<DType, OptionError> {
     DType::from_cli(s.trim()).ok_or_else(|| OptionError::Dtype(s.to_string()))
+}
+
+/// Parse an MLP layout (`--mlp-layout`, manifest `mlp_layout`): `interleaved` (MindFormers 2.1.0) → true,
+/// `contiguous` (2.0.0) → false.
+pub fn parse_mlp_layout(s: &str) -> Result<bool, OptionError> {
+    match s.trim() {
+        "interleaved" => Ok(true),
+        "contiguous" => Ok(false),
+        _ => Err(OptionError::MlpLayout(s.to_string())),
+    }
 }
 
 /// Parse a device: `cpu`, `cuda`, `cuda:N` or `auto`.

@@ -195,6 +195,18 @@ pub fn render(expr: &Expr, infos: &[TensorInfo]) -> String {
         ),
         Expr::Cast(s, d) => format!("cast({}, {d})", render(s, infos)),
         Expr::Zeros(shape, d) => format!("zeros({shape:?}, {d})"),
+        Expr::Dequant {
+            weight,
+            scale,
+            block,
+            to,
+        } => format!(
+            "dequant({}, {}, block={}x{}, {to})",
+            render(weight, infos),
+            render(scale, infos),
+            block[0],
+            block[1]
+        ),
     }
 }
 

@@ -580,7 +580,8 @@ fn flipped_bytes_never_panic_and_crc_catches_them() {
 fn tensors_strategy() -> impl Strategy<Value = Vec<(TensorInfo, Vec<u8>)>> {
     let one = (
         "\\PC{1,8}",
-        0..DType::ALL.len(),
+        // FP8 has no ckpt tensor_type (the writer refuses it): the dtypes before it
+        0..DType::ALL.iter().take_while(|d| !d.is_fp8()).count(),
         prop::collection::vec(0usize..4, 0..4),
         any::<u64>(),
     );

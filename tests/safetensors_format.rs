@@ -170,9 +170,9 @@ fn hostile_headers_are_refused_clearly() {
             &["duplicate field", "'a'"],
         ),
         (
-            "fp8",
-            st_bytes(&obj(&[t("w8", "F8_E4M3", "[2]", 0, 2)]), &[0; 2]),
-            &["'w8'", "F8_E4M3", "not supported"],
+            "fp8 fnuz",
+            st_bytes(&obj(&[t("w8", "F8_E4M3FNUZ", "[2]", 0, 2)]), &[0; 2]),
+            &["'w8'", "F8_E4M3FNUZ", "not supported"],
         ),
         (
             "unknown dtype",
@@ -427,6 +427,9 @@ fn st_dtype(d: DType) -> safetensors::Dtype {
         DType::U32 => S::U32,
         DType::U64 => S::U64,
         DType::Bool => S::BOOL,
+        DType::F8E4M3 => S::F8_E4M3,
+        DType::F8E5M2 => S::F8_E5M2,
+        DType::F8E8M0 => S::F8_E8M0,
     }
 }
 

@@ -417,3 +417,47 @@ fn sizes_parse() {
     assert_eq!(parse_size("12345"), Ok(12345));
     assert!(parse_size("5 parsecs").is_err());
 }
+
+/// `--max-shard-size` with a file path as the output: the shards are named after that file, beside it (one rule
+/// with the single-file output: `o.bin` → `o-00001-of-0000n.bin` + `o.bin.index.json`), and read back through the
+/// index, the directory, or any shard.
+#[test]
+fn a_file_output_names_its_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.safetensors");
+    write_checkpoint(
+        OutputFormat::Safetensors,
+        &input,
+        &model(),
+        &WriteOptions::default(),
+    )
+    .unwrap();
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_convert-weight"))
+        .arg("--input_path")
+        .arg(&input)
+        .arg("--output_path")
+        .arg(out_dir.join("o.bin"))
+        .args(["--max-shard-size", "500"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let names = names_in(&out_dir);
+    assert!(
+        names.len() >= 3,
+        "expected several shards and an index: {names:?}"
+    );
+    let n = names.len() - 1;
+    for (k, name) in names.iter().take(n).enumerate() {
+        assert_eq!(*name, format!("o-{:05}-of-{n:05}.bin", k + 1));
+    }
+    assert_eq!(names[n], "o.bin.index.json");
+    for entry in [out_dir.join("o.bin.index.json"), out_dir.clone()] {
+        assert_same_tensor_set(
+            &model(),
+            &formats::open_model(&entry).unwrap(),
+            "o.bin shards",
+        );
+    }
+}

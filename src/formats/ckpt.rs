@@ -59,13 +59,15 @@ const UNSUPPORTED_TYPES: &[(&str, &str)] = &[(
 /// Type string of `str` records (`append_dict` strings, UTF-32LE content).
 const STR_TYPE: &[u8] = b"str";
 
-/// The MindSpore `tensor_type` string of a dtype (modern spelling).
+/// The MindSpore `tensor_type` string of a dtype (modern spelling). FP8 has none: the writer refuses it before
+/// this is asked.
 pub fn type_name(dtype: DType) -> &'static str {
-    TYPES
-        .iter()
-        .find(|(_, d)| *d == dtype)
-        .map(|(s, _)| *s)
-        .unwrap_or("Float32")
+    dtype_type(dtype).unwrap_or("Float32")
+}
+
+/// The MindSpore `tensor_type` string of a dtype, if MindSpore has one.
+fn dtype_type(dtype: DType) -> Option<&'static str> {
+    TYPES.iter().find(|(_, d)| *d == dtype).map(|(s, _)| *s)
 }
 
 /// The dtype a `tensor_type` string stands for, if we support it.
@@ -556,6 +558,17 @@ pub fn writer(
         if name.is_empty() {
             return Err(FormatError::invalid(path, "a tensor has an empty name"));
         }
+        if dtype_type(t.info.dtype).is_none() {
+            return Err(FormatError::tensor(
+                path,
+                name,
+                format!(
+                    "dtype {} cannot be stored in a MindSpore .ckpt (it has no FP8 tensor_type); dequantise it with a family \
+                     (e.g. --model deepseek3 writes bf16) or write .safetensors, which keeps FP8 as it is",
+                    t.info.dtype
+                ),
+            ));
+        }
         if let Some(&d) = t.info.shape.iter().find(|&&d| d > i32::MAX as usize) {
             return Err(FormatError::tensor(
                 path,
@@ -718,9 +731,33 @@ mod tests {
     #[test]
     fn type_table() {
         for d in DType::ALL {
+            if d.is_fp8() {
+                assert_eq!(dtype_type(d), None);
+                continue;
+            }
             assert_eq!(dtype_of_type(type_name(d)), Some(d));
         }
         assert_eq!(dtype_of_type("Uint16"), Some(DType::U16));
         assert_eq!(type_name(DType::U16), "UInt16");
+    }
+
+    #[test]
+    fn fp8_is_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.ckpt");
+        let t = OutTensor {
+            info: crate::tensor::TensorInfo::new("w", DType::F8E4M3, vec![2]),
+            tied_to: None,
+        };
+        let msg = match writer(&p, &[t], &WriteOptions::default()) {
+            Ok(_) => panic!("FP8 written to a ckpt"),
+            Err(e) => e.to_string(),
+        };
+        assert!(msg.contains("'w'") || msg.contains("w:"), "{msg}");
+        assert!(
+            msg.contains("F8_E4M3") && msg.contains("safetensors"),
+            "{msg}"
+        );
+        assert!(!p.exists());
     }
 }

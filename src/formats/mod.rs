@@ -6,12 +6,16 @@
 //! temporary file in the output directory and renames it into place in [`TensorWriter::finish`].
 
 pub mod ckpt;
+mod detect;
+pub mod distributed;
+mod metadata;
 pub mod safetensors;
 pub mod sharded;
+pub mod strategy;
 pub mod torch;
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -103,6 +107,10 @@ pub struct WriteOptions {
     pub slice_size: usize,
     /// HF sharding: split the output into shards of at most this many bytes (a bigger tensor gets its own shard).
     pub max_shard_size: Option<u64>,
+    /// HF sharding: the single-file name the shard names derive from (`o.bin` gives `o-0000i-of-0000n.bin` and
+    /// `o.bin.index.json`, a single shard is `o.bin`); `None`: the HF names of the format (`model.safetensors`,
+    /// `pytorch_model.bin`, `mindspore_model.ckpt`).
+    pub shard_name: Option<String>,
 }
 
 pub const CKPT_SLICE_SIZE: usize = 512 * 1024 * 1024;
@@ -114,6 +122,7 @@ impl Default for WriteOptions {
             crc: false,
             slice_size: CKPT_SLICE_SIZE,
             max_shard_size: None,
+            shard_name: None,
         }
     }
 }
@@ -148,73 +157,45 @@ pub fn map_file(path: &Path) -> Result<Arc<Mmap>> {
     Ok(Arc::new(map))
 }
 
-/// Detect a single file's format from its first bytes.
-pub fn detect(path: &Path) -> Result<InputFormat> {
-    let mut head = [0u8; 16];
-    let mut f = File::open(path).map_err(|e| FormatError::io(path, e))?;
-    let mut n = 0;
-    while n < head.len() {
-        let k = f
-            .read(&mut head[n..])
-            .map_err(|e| FormatError::io(path, e))?;
-        if k == 0 {
-            break;
-        }
-        n += k;
-    }
-    let head = &head[..n];
-    if n == 0 {
-        return Err(FormatError::invalid(path, "empty file: not a checkpoint"));
-    }
-    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-        return Ok(InputFormat::TorchZip);
-    }
-    if head.starts_with(&torch::LEGACY_MAGIC_PREFIX) {
-        return Ok(InputFormat::TorchLegacy);
-    }
-    if n >= 9 && head[0] == 0x0A {
-        // Could be a ckpt record; a safetensors header length starting with 0x0A is possible too, so check the
-        // safetensors shape first: u64 length then '{' (possibly after spaces).
-        if safetensors::looks_like(head) {
-            return Ok(InputFormat::Safetensors);
-        }
-        return Ok(InputFormat::Ckpt);
-    }
-    if safetensors::looks_like(head) {
-        return Ok(InputFormat::Safetensors);
-    }
-    if head[0] == 0x0A {
-        return Ok(InputFormat::Ckpt);
-    }
-    if head.starts_with(b"\x80") {
-        return Err(FormatError::invalid(
-            path,
-            "a bare pickle without torch's zip container or legacy magic: not a torch checkpoint",
-        ));
-    }
-    if path.extension().and_then(|e| e.to_str()) == Some("ckpt") {
-        return Err(FormatError::invalid(
-            path,
-            format!(
-                "not a plain MindSpore checkpoint (first byte 0x{:02X}, expected 0x0A): encrypted or not a ckpt",
-                head[0]
-            ),
-        ));
-    }
-    Err(FormatError::invalid(
-        path,
-        "unrecognised format (expected torch zip/legacy, safetensors or MindSpore ckpt)",
-    ))
+pub use detect::detect;
+pub use metadata::carried_metadata;
+
+/// Options of the readers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// torch training checkpoints: the entry holding the model's state dict (`model_state_dict`, `ema`...; a
+    /// nested one as `outer/inner`). `None`: chosen by the usual names, with a note saying which.
+    pub state_dict_key: Option<String>,
 }
 
 /// Read exactly one weight file. An index json reads every shard it names.
 pub fn open_file(path: &Path) -> Result<Checkpoint> {
+    open_file_with(path, &ReadOptions::default())
+}
+
+/// [`open_file`] with reader options.
+pub fn open_file_with(path: &Path, opts: &ReadOptions) -> Result<Checkpoint> {
     if sharded::is_index(path) {
+        if opts.state_dict_key.is_some() {
+            return Err(FormatError::invalid(
+                path,
+                "a state dict key was given, but a sharded set holds plain state dicts",
+            ));
+        }
         return sharded::read_index(path);
     }
-    match detect(path)? {
-        InputFormat::TorchZip => torch::read_zip(path),
-        InputFormat::TorchLegacy => torch::read_legacy(path),
+    let fmt = detect(path)?;
+    if opts.state_dict_key.is_some()
+        && !matches!(fmt, InputFormat::TorchZip | InputFormat::TorchLegacy)
+    {
+        return Err(FormatError::invalid(
+            path,
+            "a state dict key was given, but only torch checkpoints hold several dicts",
+        ));
+    }
+    match fmt {
+        InputFormat::TorchZip => torch::read_zip_with(path, opts),
+        InputFormat::TorchLegacy => torch::read_legacy_with(path, opts),
         InputFormat::Safetensors => safetensors::read(path),
         InputFormat::Ckpt => ckpt::read(path),
     }
@@ -223,9 +204,39 @@ pub fn open_file(path: &Path) -> Result<Checkpoint> {
 /// Read a whole model: a single weight file, one shard of an HF set (all shards are loaded through the index),
 /// an index json, or a directory holding an index or exactly one weight file.
 pub fn open_model(path: &Path) -> Result<Checkpoint> {
+    open_model_with(path, &ReadOptions::default())
+}
+
+/// [`open_model`] with reader options (a state dict key applies to a single torch file, and is refused otherwise).
+pub fn open_model_with(path: &Path, opts: &ReadOptions) -> Result<Checkpoint> {
+    open_input(path, opts, &distributed::Options::default())
+}
+
+/// [`open_model_with`], plus the options of distributed checkpoints (optimizer state, strategy file).
+pub fn open_input(
+    path: &Path,
+    opts: &ReadOptions,
+    dist: &distributed::Options,
+) -> Result<Checkpoint> {
+    // Distributed checkpoints (rank_N/ folders + strategy, MindFormers 2.x metadata.json): one separate branch.
+    if distributed::detect(path).is_some() {
+        if opts.state_dict_key.is_some() {
+            return Err(FormatError::invalid(
+                path,
+                "a state dict key was given, but a distributed checkpoint holds plain per-rank files",
+            ));
+        }
+        return distributed::open(path, dist);
+    }
     match sharded::resolve(path)? {
+        sharded::Resolved::Index(index) if opts.state_dict_key.is_some() => {
+            Err(FormatError::invalid(
+                &index,
+                "a state dict key was given, but a sharded set holds plain state dicts",
+            ))
+        }
         sharded::Resolved::Index(index) => sharded::read_index(&index),
-        sharded::Resolved::File(file) => open_file(&file),
+        sharded::Resolved::File(file) => open_file_with(&file, opts),
     }
 }
 

@@ -39,6 +39,9 @@ const DTYPES: &[(DType, safetensors::Dtype)] = &[
     (DType::F64, safetensors::Dtype::F64),
     (DType::I64, safetensors::Dtype::I64),
     (DType::U64, safetensors::Dtype::U64),
+    (DType::F8E4M3, safetensors::Dtype::F8_E4M3),
+    (DType::F8E5M2, safetensors::Dtype::F8_E5M2),
+    (DType::F8E8M0, safetensors::Dtype::F8_E8M0),
 ];
 
 /// safetensors dtypes we cannot represent.
@@ -46,9 +49,6 @@ const UNSUPPORTED: &[&str] = &[
     "F4",
     "F6_E2M3",
     "F6_E3M2",
-    "F8_E5M2",
-    "F8_E4M3",
-    "F8_E8M0",
     "F8_E4M3FNUZ",
     "F8_E5M2FNUZ",
     "C64",
@@ -162,7 +162,7 @@ fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
     if UNSUPPORTED.contains(&s) {
         return Err(format!(
             "dtype {s} is not supported (no MindSpore/torch-legacy equivalent; supported: F64 F32 F16 BF16 I64 I32 \
-             I16 I8 U8 U16 U32 U64 BOOL)"
+             I16 I8 U8 U16 U32 U64 BOOL F8_E4M3 F8_E5M2 F8_E8M0)"
         ));
     }
     Err(format!("unknown dtype '{s}'"))
@@ -295,6 +295,7 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         others: Vec::new(),
         files: vec![path.to_path_buf()],
         metadata: header.metadata,
+        notes: Vec::new(),
     })
 }
 

@@ -375,11 +375,14 @@ pub fn writer(
         ));
     }
     std::fs::create_dir_all(path).map_err(|e| FormatError::io(path, e))?;
-    let (stem, ext) = NAMES
-        .iter()
-        .find(|(f, _, _)| *f == format)
-        .map(|(_, s, e)| (*s, *e))
-        .ok_or_else(|| FormatError::invalid(path, format!("no shard naming for {format:?}")))?;
+    let (stem, ext) = match opts.shard_name.as_deref().and_then(|n| n.rsplit_once('.')) {
+        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() => (stem, ext),
+        _ => NAMES
+            .iter()
+            .find(|(f, _, _)| *f == format)
+            .map(|(_, s, e)| (*s, *e))
+            .ok_or_else(|| FormatError::invalid(path, format!("no shard naming for {format:?}")))?,
+    };
     let staging = tempfile::Builder::new()
         .prefix(super::TEMP_PREFIX)
         .tempdir_in(path)

@@ -35,6 +35,16 @@ families! {
     blip,
     wizardcoder,
     skywork,
+    qwen2,
+    qwen3,
+    qwen3_moe,
+    glm4,
+    glm4_moe,
+    deepseek3,
+    deepseek4,
+    telechat2,
+    telechat3,
+    telechat3_moe,
 }
 
 /// Errors of the model layer.
@@ -86,8 +96,19 @@ pub struct HyperParams {
     pub moe_ffn_hidden: Option<usize>,
     /// MoE layer pattern: the first `first_k_dense` layers are dense (`first_k_dense_replace`)...
     pub first_k_dense: Option<usize>,
-    /// ... and after them every `moe_layer_freq`-th layer is MoE (`moe_layer_freq`, `decoder_sparse_step`).
+    /// ... and after them every `moe_layer_freq`-th layer is MoE (`moe_layer_freq`).
     pub moe_layer_freq: Option<usize>,
+    /// Qwen-MoE pattern: layer i is MoE when `(i + 1) % decoder_sparse_step == 0` ...
+    pub sparse_step: Option<usize>,
+    /// ... and it is not listed in `mlp_only_layers`.
+    pub dense_layers: Option<Vec<usize>>,
+    /// MindFormers mcore fused gate/up (`linear_fc1`) layout: row-interleaved (`true`, 2.1.0's default) or two
+    /// contiguous halves (`false`, 2.0.0). config.json `use_interleaved_weight_layout_mlp`, flag `--mlp-layout`.
+    pub mlp_interleaved: Option<bool>,
+    /// FP8 block size (`quantization_config.weight_block_size`).
+    pub fp8_block: Option<[usize; 2]>,
+    /// MTP layers after the decoder layers (`num_nextn_predict_layers`).
+    pub mtp_layers: Option<usize>,
     /// Every top-level non-negative integer of config.json, by key (for [`Hyper::Key`]: `q_lora_rank`, …).
     pub extra: std::collections::BTreeMap<String, usize>,
 }
@@ -108,7 +129,7 @@ const EXPERTS_KEYS: &[&str] = &[
 const FFN_KEYS: &[&str] = &["intermediate_size", "ffn_hidden_size", "n_inner"];
 const MOE_FFN_KEYS: &[&str] = &["moe_intermediate_size", "moe_ffn_hidden_size"];
 const FIRST_DENSE_KEYS: &[&str] = &["first_k_dense_replace"];
-const MOE_FREQ_KEYS: &[&str] = &["moe_layer_freq", "decoder_sparse_step"];
+const MOE_FREQ_KEYS: &[&str] = &["moe_layer_freq"];
 
 fn config_usize(config: &serde_json::Value, keys: &[&str]) -> Option<usize> {
     keys.iter()
@@ -137,6 +158,25 @@ impl HyperParams {
             moe_ffn_hidden: config_usize(config, MOE_FFN_KEYS),
             first_k_dense: config_usize(config, FIRST_DENSE_KEYS),
             moe_layer_freq: config_usize(config, MOE_FREQ_KEYS),
+            sparse_step: config_usize(config, &["decoder_sparse_step"]),
+            dense_layers: config.get("mlp_only_layers").and_then(|v| {
+                v.as_array()?
+                    .iter()
+                    .map(|x| x.as_u64().map(|n| n as usize))
+                    .collect()
+            }),
+            mlp_interleaved: config
+                .get("use_interleaved_weight_layout_mlp")
+                .and_then(|v| v.as_bool()),
+            fp8_block: config
+                .get("quantization_config")
+                .and_then(|q| q.get("weight_block_size"))
+                .and_then(|b| b.as_array())
+                .and_then(|b| match b.as_slice() {
+                    [r, c] => Some([r.as_u64()? as usize, c.as_u64()? as usize]),
+                    _ => None,
+                }),
+            mtp_layers: config_usize(config, &["num_nextn_predict_layers"]),
             extra: config
                 .as_object()
                 .map(|m| {
@@ -148,10 +188,34 @@ impl HyperParams {
         }
     }
 
+    /// Apply `--mlp-layout` (`true` = interleaved) over the config: a contradiction is an error.
+    pub fn with_mlp_layout(mut self, interleaved: Option<bool>) -> Result<HyperParams, ModelError> {
+        let name = |b: bool| if b { "interleaved" } else { "contiguous" };
+        match (self.mlp_interleaved, interleaved) {
+            (Some(c), Some(f)) if c != f => Err(ModelError::Hyper {
+                name: "mlp_layout".into(),
+                msg: format!(
+                    "--mlp-layout {} contradicts config.json (use_interleaved_weight_layout_mlp: {c}, i.e. {})",
+                    name(f),
+                    name(c)
+                ),
+            }),
+            (_, Some(f)) => {
+                self.mlp_interleaved = Some(f);
+                Ok(self)
+            }
+            _ => Ok(self),
+        }
+    }
+
     /// Whether layer `i` is a MoE layer by the pattern (`None` when the model has no experts or the pattern is
     /// not known): the first `first_k_dense` layers are dense, then every `moe_layer_freq`-th layer is MoE.
     pub fn is_moe_layer(&self, i: usize) -> Option<bool> {
         self.n_experts.filter(|n| *n > 0)?;
+        if let Some(step) = self.sparse_step {
+            let listed = self.dense_layers.as_ref().is_some_and(|d| d.contains(&i));
+            return Some(!listed && step > 0 && (i + 1) % step == 0);
+        }
         if self.first_k_dense.is_none() && self.moe_layer_freq.is_none() {
             return None;
         }
@@ -304,6 +368,26 @@ pub struct TiedHead {
     pub embedding: &'static str,
 }
 
+/// Multi-token-prediction layers stored by HF as extra decoder layers (`{hf_layer}{L+k}.…`, `L` = the
+/// `layers` hyper-parameter) and by MindFormers mcore as `{ms_mtp}{k}.…`: the layer's decoder tensors are planned
+/// by the family's own rules as a decoder layer and renamed to `{ms_mtp}{k}.{ms_inner}…`; its own tensors are
+/// renamed; its copies of main-model tensors are dropped forward (named rule) and re-created by the reverse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mtp {
+    /// HF decoder-layer prefix, e.g. `model.layers.`.
+    pub hf_layer: &'static str,
+    /// MindSpore decoder-layer prefix, e.g. `decoder.layers.`.
+    pub ms_layer: &'static str,
+    /// MindSpore MTP prefix, e.g. `mtp.layers.`.
+    pub ms_mtp: &'static str,
+    /// Where the MTP block's decoder layer sits under `{ms_mtp}{k}.`, e.g. `transformer_layer.`.
+    pub ms_inner: &'static str,
+    /// The MTP block's own tensors: (HF leaf, MindSpore leaf).
+    pub own: &'static [(&'static str, &'static str)],
+    /// Copies of main-model tensors: (HF leaf, HF name of the main tensor).
+    pub copies: &'static [(&'static str, &'static str)],
+}
+
 /// One model family, as data. Every field but `name`, `description` and `rules` has a default in [`Family::BASE`]:
 /// write `Family { name: .., description: .., rules: .., ..Family::BASE }`.
 #[derive(Clone, Copy, Debug)]
@@ -328,6 +412,8 @@ pub struct Family {
     pub tied_head: Option<TiedHead>,
     /// Checks run on every plan.
     pub checks: &'static [Check],
+    /// MTP layers after the decoder layers, if the family has them.
+    pub mtp: Option<Mtp>,
 }
 
 impl Family {
@@ -343,6 +429,7 @@ impl Family {
         dtype_pins: &[],
         tied_head: None,
         checks: &[Check::Layers, Check::Hidden, Check::MoeLayers],
+        mtp: None,
     };
 
     /// The `--model` key.

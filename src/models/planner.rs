@@ -13,14 +13,253 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::models::rules::{
-    Captures, Dir, Experts, Layout, Op, Pattern, Rule, Sizes, SYNTHESISED_ZEROS, TRAINING_STATE,
+    Axis, Captures, Dir, Experts, Layout, Op, Pattern, Rule, Sizes, SYNTHESISED_ZEROS,
+    TRAINING_STATE,
 };
 use crate::models::{Check, Family, Hyper, HyperParams, ModelError};
 use crate::ops::{Dropped, Expr, Plan, PlanItem};
 use crate::tensor::{DType, TensorInfo};
 
-/// Plan one direction of `family` over `inputs`.
+/// The rule under which an FP8 weight's block scale is dropped (it is consumed by dequantising the weight).
+pub const FP8_SCALE: &str = "fp8-block-scale (consumed by dequantising its weight to bf16)";
+/// The rule under which an MTP layer's copy of a main-model tensor is dropped.
+pub const MTP_COPY: &str =
+    "mtp-copy (the MTP layer's copy of a main-model tensor; the reverse re-creates it)";
+
+/// Plan one direction of `family` over `inputs`: the family's rules over the decoder (and, with [`Family::mtp`],
+/// its MTP layers planned as decoder layers and renamed), FP8 weights with block scales dequantised (forward).
 pub fn plan(
+    family: &Family,
+    inputs: &[TensorInfo],
+    hp: &HyperParams,
+    reversed: bool,
+) -> Result<Plan, ModelError> {
+    // FP8 weights with `<name>_scale_inv` block scales (forward only): the scales are consumed.
+    let mut scales: HashMap<usize, usize> = HashMap::new();
+    if !reversed {
+        let by_name: HashMap<&str, usize> = inputs
+            .iter()
+            .enumerate()
+            .map(|(j, t)| (t.name.as_str(), j))
+            .collect();
+        for (j, t) in inputs.iter().enumerate() {
+            if t.dtype.is_fp8() {
+                if let Some(&s) = by_name.get(format!("{}_scale_inv", t.name).as_str()) {
+                    scales.insert(j, s);
+                }
+            }
+        }
+    }
+    let scale_set: BTreeSet<usize> = scales.values().copied().collect();
+    let mut out = Plan::default();
+    for &s in &scale_set {
+        out.dropped.push(Dropped {
+            name: inputs[s].name.clone(),
+            rule: FP8_SCALE.to_string(),
+        });
+    }
+    let visible: Vec<usize> = (0..inputs.len())
+        .filter(|j| !scale_set.contains(j))
+        .collect();
+
+    let mtp = match (family.mtp, hp.layers) {
+        (Some(m), Some(l)) => Some((m, l)),
+        _ => None,
+    };
+    let Some((m, l)) = mtp else {
+        let sub: Vec<(usize, TensorInfo)> =
+            visible.iter().map(|&j| (j, inputs[j].clone())).collect();
+        let p = plan_subset(family, &sub, hp, reversed)?;
+        out.items.extend(p.items);
+        out.dropped.extend(p.dropped);
+        return dequantise(out, inputs, &scales, hp, family);
+    };
+
+    // Split the inputs: main model, MTP layer k's decoder tensors (renamed to decoder layer k), MTP own tensors.
+    let mut main: Vec<(usize, TensorInfo)> = Vec::new();
+    let mut per_k: BTreeMap<usize, Vec<(usize, TensorInfo)>> = BTreeMap::new();
+    for &j in &visible {
+        let t = &inputs[j];
+        let name = t.name.as_str();
+        if reversed {
+            let Some((k, rest)) = strip_index(name, m.ms_mtp) else {
+                main.push((j, t.clone()));
+                continue;
+            };
+            if let Some(inner) = rest.strip_prefix(m.ms_inner) {
+                let mut v = t.clone();
+                v.name = format!("{}{k}.{inner}", m.ms_layer);
+                per_k.entry(k).or_default().push((j, v));
+            } else if let Some((hf, _)) = m.own.iter().find(|(_, ms)| *ms == rest) {
+                out.items.push(PlanItem::new(
+                    format!("{}{}.{hf}", m.hf_layer, l + k),
+                    Expr::input(j),
+                ));
+            } else {
+                return Err(ModelError::Tensor {
+                    family: family.name.to_string(),
+                    tensor: name.to_string(),
+                    msg: format!("an MTP tensor that no rule names (under {}{k}.)", m.ms_mtp),
+                });
+            }
+        } else {
+            match strip_index(name, m.hf_layer) {
+                Some((mi, rest)) if mi >= l => {
+                    let k = mi - l;
+                    if let Some(n) = hp.mtp_layers.filter(|n| k >= *n) {
+                        return Err(ModelError::Tensor {
+                            family: family.name.to_string(),
+                            tensor: name.to_string(),
+                            msg: format!(
+                                "layer {mi} is past the {l} decoder layers and the {n} MTP layer(s) of config.json"
+                            ),
+                        });
+                    }
+                    if m.copies.iter().any(|(leaf, _)| *leaf == rest) {
+                        out.dropped.push(Dropped {
+                            name: name.to_string(),
+                            rule: MTP_COPY.to_string(),
+                        });
+                    } else if let Some((_, ms)) = m.own.iter().find(|(hf, _)| *hf == rest) {
+                        out.items.push(PlanItem::new(
+                            format!("{}{k}.{ms}", m.ms_mtp),
+                            Expr::input(j),
+                        ));
+                    } else {
+                        let mut v = t.clone();
+                        v.name = format!("{}{k}.{rest}", m.hf_layer);
+                        per_k.entry(k).or_default().push((j, v));
+                    }
+                }
+                _ => main.push((j, t.clone())),
+            }
+        }
+    }
+    let main_plan = plan_subset(family, &main, hp, reversed)?;
+    // The MTP layers: the family's rules without its checks (one layer, numbered k), outputs renamed.
+    let mut layer_family = *family;
+    layer_family.checks = &[];
+    layer_family.mtp = None;
+    let mut layer_hp = hp.clone();
+    layer_hp.layers = None;
+    let mut mtp_items = Vec::new();
+    for (k, sub) in &per_k {
+        let p = plan_subset(&layer_family, sub, &layer_hp, reversed)?;
+        let (from, to) = if reversed {
+            (
+                format!("{}{k}.", m.hf_layer),
+                format!("{}{}.", m.hf_layer, l + k),
+            )
+        } else {
+            (
+                format!("{}{k}.", m.ms_layer),
+                format!("{}{k}.{}", m.ms_mtp, m.ms_inner),
+            )
+        };
+        for mut item in p.items {
+            let Some(rest) = item.name.strip_prefix(&from) else {
+                return Err(ModelError::Other {
+                    family: family.name.to_string(),
+                    msg: format!(
+                        "internal rule error: MTP output '{}' is not under {from}",
+                        item.name
+                    ),
+                });
+            };
+            item.name = format!("{to}{rest}");
+            mtp_items.push(item);
+        }
+        out.dropped.extend(p.dropped);
+        if reversed {
+            // Re-create the MTP layer's copies of main-model tensors.
+            for (leaf, main_name) in m.copies {
+                if let Some(src) = main_plan.items.iter().find(|i| i.name == *main_name) {
+                    mtp_items.push(PlanItem::new(
+                        format!("{}{}.{leaf}", m.hf_layer, l + k),
+                        src.expr.clone(),
+                    ));
+                }
+            }
+        }
+    }
+    let own = std::mem::take(&mut out.items);
+    out.items = main_plan.items;
+    out.items.extend(mtp_items);
+    out.items.extend(own);
+    out.dropped.extend(main_plan.dropped);
+    dequantise(out, inputs, &scales, hp, family)
+}
+
+/// `prefix` + decimal index + `.` + rest → (index, rest).
+fn strip_index<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str)> {
+    let r = name.strip_prefix(prefix)?;
+    let (num, rest) = r.split_once('.')?;
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((num.parse().ok()?, rest))
+}
+
+/// Plan a subset of the inputs (each with its index in the full input list and, possibly, a new name); the plan's
+/// inputs are numbered as in the full list.
+fn plan_subset(
+    family: &Family,
+    sub: &[(usize, TensorInfo)],
+    hp: &HyperParams,
+    reversed: bool,
+) -> Result<Plan, ModelError> {
+    let infos: Vec<TensorInfo> = sub.iter().map(|(_, t)| t.clone()).collect();
+    let mut p = plan_one(family, &infos, hp, reversed)?;
+    let orig: Vec<usize> = sub.iter().map(|(j, _)| *j).collect();
+    let identity = orig.iter().enumerate().all(|(a, b)| a == *b);
+    if !identity {
+        for item in &mut p.items {
+            item.expr = item.expr.map_inputs(&|i| Expr::input(orig[i]));
+        }
+    }
+    Ok(p)
+}
+
+/// Replace every FP8 weight that has a block scale by its dequantisation to bf16, and check the plan again.
+fn dequantise(
+    mut plan: Plan,
+    inputs: &[TensorInfo],
+    scales: &HashMap<usize, usize>,
+    hp: &HyperParams,
+    family: &Family,
+) -> Result<Plan, ModelError> {
+    if scales.is_empty() {
+        return Ok(plan);
+    }
+    let mut blocks: HashMap<usize, [usize; 2]> = HashMap::new();
+    for (&w, &s) in scales {
+        let b = crate::fp8::block_size(&inputs[w].shape, &inputs[s].shape, hp.fp8_block).map_err(
+            |m| ModelError::Tensor {
+                family: family.name.to_string(),
+                tensor: inputs[w].name.clone(),
+                msg: format!("{m} ({})", inputs[s].name),
+            },
+        )?;
+        blocks.insert(w, b);
+    }
+    for item in &mut plan.items {
+        item.expr = item
+            .expr
+            .map_inputs(&|i| match (scales.get(&i), blocks.get(&i)) {
+                (Some(&s), Some(&b)) => Expr::input(i).dequant(Expr::input(s), b, DType::BF16),
+                _ => Expr::input(i),
+            });
+        item.expr.infer(inputs).map_err(|e| ModelError::Tensor {
+            family: family.name.to_string(),
+            tensor: item.name.clone(),
+            msg: e.0,
+        })?;
+    }
+    Ok(plan)
+}
+
+/// Plan one direction of `family` over `inputs` (no MTP split, no FP8).
+fn plan_one(
     family: &Family,
     inputs: &[TensorInfo],
     hp: &HyperParams,
@@ -566,6 +805,29 @@ fn apply(
             return Err(ctx.rule_err("missing source"));
         };
         if n_dst == 1 {
+            if let Some((hf_layout, n)) = op.relayout {
+                // Re-lay the parts out: split by the source side's layout, fuse by the destination's.
+                let ms_layout = resolve_layout(ctx, op.layout)?;
+                let (from, to) = if ctx.reversed {
+                    (ms_layout, hf_layout)
+                } else {
+                    (hf_layout, ms_layout)
+                };
+                let name = &names[0];
+                let (_, shape) = ctx.shape(&x, name)?;
+                let extents = split_extents(ctx, Op::COPY, from, &shape, n, name)?;
+                let parts = from
+                    .split(&x, &shape, &extents)
+                    .map_err(|e| ctx.tensor_err(name, e.0))?;
+                let shapes = parts
+                    .iter()
+                    .map(|p| ctx.shape(p, name).map(|s| s.1))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let fused = to
+                    .fuse(&parts, &shapes)
+                    .map_err(|e| ctx.tensor_err(dst_name, e.0))?;
+                return Ok(vec![tr(fused)]);
+            }
             return Ok(vec![tr(x)]);
         }
         // Split.
@@ -621,6 +883,13 @@ fn resolve_layout(ctx: &Ctx, layout: Layout) -> Result<Layout, ModelError> {
         Layout::GroupedHeads { .. } => Layout::GroupedHeads {
             groups: heads(ctx)?.1,
         },
+        Layout::GatedMlp => {
+            if ctx.hp.mlp_interleaved.unwrap_or(true) {
+                Layout::InterleaveRows
+            } else {
+                Layout::Concat(Axis::First)
+            }
+        }
         l => l,
     })
 }
@@ -758,7 +1027,7 @@ fn split_extents(
             v.extend(std::iter::repeat_n(hd, n - 1));
             Ok(v)
         }
-        Layout::InterleaveRows | Layout::Stack => Ok(vec![0; n]),
+        Layout::InterleaveRows | Layout::Stack | Layout::GatedMlp => Ok(vec![0; n]),
     }
 }
 
@@ -884,7 +1153,9 @@ fn check_fuse(
                 }
             }
         }
-        Layout::InterleaveRows | Layout::Stack => equal_from(0, "parts must be equal")?,
+        Layout::InterleaveRows | Layout::Stack | Layout::GatedMlp => {
+            equal_from(0, "parts must be equal")?
+        }
     }
     Ok(())
 }
@@ -1080,6 +1351,7 @@ mod tests {
             }
             Expr::Reshape(s, shape) => (shape.clone(), eval(s, inputs).1),
             Expr::Cast(s, _) => eval(s, inputs),
+            Expr::Dequant { weight, .. } => eval(weight, inputs),
             Expr::Zeros(shape, _) => (shape.clone(), vec![None; shape.iter().product()]),
             Expr::Transpose(s) => {
                 let (sh, v) = eval(s, inputs);

@@ -67,6 +67,10 @@ pub struct Op {
     /// Zeros: only the first part is real; the others are written as zeros of its shape and dtype, and dropped
     /// (named rule [`SYNTHESISED_ZEROS`]) when fusing.
     pub zeros: bool,
+    /// On a 1 ⇄ 1 rule: the tensor holds this many equal parts, laid out by the given layout on the HF side and by
+    /// `layout` on the MindSpore side (split by one, fused by the other). E.g. GLM-4's HF `gate_up_proj` (`[gate;
+    /// up]` halves) ⇄ mcore `linear_fc1` ([`Layout::GatedMlp`]).
+    pub relayout: Option<(Layout, usize)>,
 }
 
 /// The rule name under which the zero parts of an [`Op::with_zeros`] rule are dropped when fusing.
@@ -79,6 +83,7 @@ impl Op {
         sizes: Sizes::Equal,
         transpose: false,
         zeros: false,
+        relayout: None,
     };
     /// A 2-D transpose (1 ⇄ 1), or parts transposed (1 ⇄ N).
     pub const TRANSPOSE: Op = Op::COPY.transposed();
@@ -97,6 +102,17 @@ impl Op {
     /// q/k/v heads by KV group (groups = n_kv_head, else n_head; part extents from n_head, n_kv_head, head_dim).
     pub const GROUPED_HEADS: Op = Op {
         layout: Layout::GroupedHeads { groups: 0 },
+        ..Op::COPY
+    };
+    /// A gated MLP's gate and up, laid out as the model's MLP layout says ([`Layout::GatedMlp`]).
+    pub const GATED_MLP: Op = Op {
+        layout: Layout::GatedMlp,
+        ..Op::COPY
+    };
+    /// 1 ⇄ 1: HF's `[gate; up]` halves ⇄ the model's MLP layout.
+    pub const GATED_MLP_FROM_HALVES: Op = Op {
+        layout: Layout::GatedMlp,
+        relayout: Some((Layout::Concat(Axis::First), 2)),
         ..Op::COPY
     };
     /// Parts stacked on a new leading axis.

@@ -245,6 +245,20 @@ fn v3_untyped_storages_and_unsupported_dtypes() {
     let ck = read_zip(&p).unwrap();
     assert_eq!(ck.tensors[0].info.dtype, DType::U16);
     assert_eq!(ck.tensors[0].info.shape, [4]);
+    // FP8 e4m3fn/e5m2/e8m0fnu read (raw bytes); the fnuz variants do not.
+    for (name, d) in [
+        ("float8_e4m3fn", DType::F8E4M3),
+        ("float8_e5m2", DType::F8E5M2),
+        ("float8_e8m0fnu", DType::F8E8M0),
+    ] {
+        let f = v3(name);
+        let p = torch_zip(dir.path(), &dict_of(&[("f", &f)]), &[("0", vec![7; 8])]);
+        let ck = read_zip(&p).unwrap();
+        assert_eq!(
+            (ck.tensors[0].info.dtype, &ck.tensors[0].info.shape[..]),
+            (d, &[4][..])
+        );
+    }
     let f8 = |e: &mut Emitter| {
         e.global("torch._utils", "_rebuild_tensor_v3");
         e.mark();
@@ -256,7 +270,7 @@ fn v3_untyped_storages_and_unsupported_dtypes() {
         e.global("collections", "OrderedDict");
         e.op(b')');
         e.op(b'R');
-        e.global("torch", "float8_e4m3fn");
+        e.global("torch", "float8_e4m3fnuz");
         e.op(b't');
         e.op(b'R');
     };
@@ -267,7 +281,7 @@ fn v3_untyped_storages_and_unsupported_dtypes() {
     );
     let msg = err_of(read_zip(&p));
     assert!(
-        msg.contains("fp8.weight") && msg.contains("float8_e4m3fn"),
+        msg.contains("fp8.weight") && msg.contains("float8_e4m3fnuz"),
         "{msg}"
     );
     let q = |e: &mut Emitter| v2(e, "QInt8Storage", "0", 8, 0, &[8], &[1]);
@@ -424,7 +438,26 @@ fn container_problems_are_clear() {
             ("m/data/0", &data),
         ],
     );
-    assert!(err_of(read_zip(&p)).contains("TorchScript"));
+    // ... whose data.pkl holds a state dict: read through it, with a note
+    let ck = read_zip(&p).unwrap();
+    assert_eq!(ck.tensors.len(), 1);
+    assert!(ck.notes.join("").contains("TorchScript"), "{:?}", ck.notes);
+    // ... whose data.pkl holds a scripted module: refused as a TorchScript module
+    let mut e = Emitter::default();
+    e.proto2();
+    e.global("__torch__", "Net");
+    e.op(b')');
+    e.op(0x81);
+    e.op(b'.');
+    let p = zip_file(
+        dir.path(),
+        "ts2.pt",
+        &[
+            ("m/data.pkl", &e.buf),
+            ("m/code/__torch__.py", b"class Net"),
+        ],
+    );
+    assert!(err_of(read_zip(&p)).contains("TorchScript module, not a state dict"));
     // big-endian
     let p = zip_file(
         dir.path(),

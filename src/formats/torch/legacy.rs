@@ -9,7 +9,7 @@ use std::rc::Rc;
 use super::pickle::{render_scalar, unpickle, Node, StorageKind, StorageRef, Unpickled, Value};
 use super::state::{self, check_record_len};
 use super::FORMAT_LEGACY;
-use crate::formats::{map_file, FormatError, Result};
+use crate::formats::{map_file, FormatError, ReadOptions, Result};
 use crate::tensor::{Backing, Checkpoint};
 
 /// The magic number 0x1950A86A20F9469CFC6C as little-endian bytes.
@@ -17,7 +17,7 @@ const MAGIC: [u8; 10] = [0x6C, 0xFC, 0x9C, 0x46, 0xF9, 0x20, 0x6A, 0xA8, 0x50, 0
 const PROTOCOL_VERSION: i64 = 1001;
 
 /// Read a legacy `torch.save` file.
-pub(crate) fn read(path: &Path) -> Result<Checkpoint> {
+pub(crate) fn read(path: &Path, opts: &ReadOptions) -> Result<Checkpoint> {
     let map = map_file(path)?;
     let bytes: &[u8] = &map[..];
     let run = |start: usize, what: &str| -> Result<Unpickled> {
@@ -59,7 +59,15 @@ pub(crate) fn read(path: &Path) -> Result<Checkpoint> {
             ));
         }
     }
-    let obj = run(sys.end, "object")?;
+    let obj = unpickle(bytes, sys.end).map_err(|e| {
+        FormatError::invalid(
+            path,
+            format!(
+                "legacy object pickle: {}",
+                state::explain_pickle_error(&e, &bytes[sys.end..])
+            ),
+        )
+    })?;
     let keys = run(obj.end, "storage key list")?;
     let key_list: Vec<Rc<str>> = keys
         .seq(&keys.root)
@@ -139,6 +147,7 @@ pub(crate) fn read(path: &Path) -> Result<Checkpoint> {
         Backing::Mmap(map.clone()),
         &obj,
         &mut resolve,
+        opts,
     )
 }
 

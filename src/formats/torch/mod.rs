@@ -16,7 +16,7 @@ mod zip_reader;
 
 use std::path::Path;
 
-use super::{OutTensor, Result, TensorWriter, WriteOptions};
+use super::{OutTensor, ReadOptions, Result, TensorWriter, WriteOptions};
 use crate::tensor::{Checkpoint, DType};
 
 /// First bytes of a legacy file: PROTO 2, then LONG1 of the magic number 0x1950A86A20F9469CFC6C.
@@ -66,11 +66,11 @@ pub(crate) const DTYPE_GLOBALS: &[(&str, Option<DType>)] = &[
     ("uint32", Some(DType::U32)),
     ("uint64", Some(DType::U64)),
     ("bool", Some(DType::Bool)),
-    ("float8_e4m3fn", None),
-    ("float8_e5m2", None),
+    ("float8_e4m3fn", Some(DType::F8E4M3)),
+    ("float8_e5m2", Some(DType::F8E5M2)),
     ("float8_e4m3fnuz", None),
     ("float8_e5m2fnuz", None),
-    ("float8_e8m0fnu", None),
+    ("float8_e8m0fnu", Some(DType::F8E8M0)),
     ("float4_e2m1fn_x2", None),
     ("complex32", None),
     ("complex64", None),
@@ -124,12 +124,22 @@ pub(crate) enum WriteSpelling {
 
 /// Read a torch zip checkpoint (`torch.save` ≥ 1.6): every tensor of its state dict, as views into the mmap.
 pub fn read_zip(path: &Path) -> Result<Checkpoint> {
-    zip_reader::read(path)
+    zip_reader::read(path, &ReadOptions::default())
+}
+
+/// [`read_zip`] with reader options (which dict of a training checkpoint).
+pub fn read_zip_with(path: &Path, opts: &ReadOptions) -> Result<Checkpoint> {
+    zip_reader::read(path, opts)
 }
 
 /// Read a legacy (pre-1.6, non-zip) `torch.save` file.
 pub fn read_legacy(path: &Path) -> Result<Checkpoint> {
-    legacy::read(path)
+    legacy::read(path, &ReadOptions::default())
+}
+
+/// [`read_legacy`] with reader options.
+pub fn read_legacy_with(path: &Path, opts: &ReadOptions) -> Result<Checkpoint> {
+    legacy::read(path, opts)
 }
 
 /// A streaming torch zip writer for `tensors` at `path` (see [`TensorWriter`]). Tied tensors (`tied_to`) are
@@ -154,7 +164,7 @@ mod tests {
                     assert!(STORAGE_CLASSES.contains(&(cls, Some(d))))
                 }
                 WriteSpelling::V3(n) => {
-                    assert!(matches!(d, DType::U16 | DType::U32 | DType::U64));
+                    assert!(matches!(d, DType::U16 | DType::U32 | DType::U64) || d.is_fp8());
                     assert!(DTYPE_GLOBALS.contains(&(n, Some(d))));
                 }
             }

@@ -37,6 +37,8 @@ pub(crate) struct PickleError {
     /// Byte offset of the opcode (within the whole buffer given to [`unpickle`]).
     pub pos: usize,
     pub msg: String,
+    /// The global (module, name) whose refusal stopped the machine, if that is what stopped it.
+    pub refused: Option<(String, String)>,
 }
 
 impl fmt::Display for PickleError {
@@ -49,11 +51,14 @@ impl fmt::Display for PickleError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Global {
     OrderedDict,
+    RebuildV1,
     RebuildV2,
     RebuildV3,
     RebuildParameter,
     RebuildParameterWithState,
     RebuildFromTypeV2,
+    /// `_rebuild_device_tensor_from_cpu_tensor(data, dtype, device, requires_grad)`: a plain tensor moved on load.
+    RebuildFromCpuTensor,
     Storage(StorageKind),
     Dtype(TorchDtype),
     Size,
@@ -97,11 +102,6 @@ pub(crate) enum TorchDtype {
 
 /// Known-but-refused globals, with the reason given to the user.
 const REFUSED: &[(&str, &str, &str)] = &[
-    (
-        "torch._utils",
-        "_rebuild_tensor",
-        "old v1 tensor rebuild is not supported",
-    ),
     (
         "torch._utils",
         "_rebuild_qtensor",
@@ -152,6 +152,7 @@ const REFUSED: &[(&str, &str, &str)] = &[
 /// Plain allow-listed globals (storage classes and dtypes come from their own tables).
 const ALLOWED: &[(&str, &str, Global)] = &[
     ("collections", "OrderedDict", Global::OrderedDict),
+    ("torch._utils", "_rebuild_tensor", Global::RebuildV1),
     ("torch._utils", "_rebuild_tensor_v2", Global::RebuildV2),
     ("torch._utils", "_rebuild_tensor_v3", Global::RebuildV3),
     (
@@ -168,6 +169,11 @@ const ALLOWED: &[(&str, &str, Global)] = &[
         "torch._tensor",
         "_rebuild_from_type_v2",
         Global::RebuildFromTypeV2,
+    ),
+    (
+        "torch._utils",
+        "_rebuild_device_tensor_from_cpu_tensor",
+        Global::RebuildFromCpuTensor,
     ),
     (
         "torch.storage",
@@ -284,6 +290,8 @@ pub(crate) struct StorageRef {
     pub key: Rc<str>,
     /// Elements (typed storages) or bytes (untyped) of the whole storage.
     pub numel: u64,
+    /// Legacy storage views: (offset, size) in elements of the root storage `key`.
+    pub view: Option<(u64, u64)>,
 }
 
 /// A tensor view rebuilt by `_rebuild_tensor_v2/v3`: validated later against its storage.
@@ -353,6 +361,7 @@ pub(crate) fn unpickle(data: &[u8], start: usize) -> Result<Unpickled, PickleErr
         memo: HashMap::new(),
         nodes: Vec::new(),
         work: 0,
+        refused: None,
         work_limit: data
             .len()
             .saturating_sub(start)
@@ -368,6 +377,7 @@ pub(crate) fn unpickle(data: &[u8], start: usize) -> Result<Unpickled, PickleErr
         Err(msg) => Err(PickleError {
             pos: vm.op_pos,
             msg,
+            refused: vm.refused,
         }),
     }
 }
@@ -382,6 +392,8 @@ struct Vm<'a> {
     nodes: Vec<Node>,
     /// Values copied so far, and the most allowed.
     work: usize,
+    /// The refused global that stopped the machine.
+    refused: Option<(String, String)>,
     work_limit: usize,
 }
 
@@ -772,7 +784,7 @@ impl<'a> Vm<'a> {
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    let g = resolve_global(module, name)?;
+                    let g = self.global(module, name)?;
                     self.push(Value::Global(g))?
                 }
                 0x93 => {
@@ -780,7 +792,7 @@ impl<'a> Vm<'a> {
                     let module = self.pop()?;
                     match (&module, &name) {
                         (Value::Str(m), Value::Str(n)) => {
-                            let g = resolve_global(m, n)?;
+                            let g = self.global(m, n)?;
                             self.push(Value::Global(g))?
                         }
                         _ => return Err("STACK_GLOBAL needs two strings".into()),
@@ -853,6 +865,13 @@ impl<'a> Vm<'a> {
                 }
             }
         }
+    }
+
+    /// Resolve a global, remembering a refused one (so the caller can say what the file is).
+    fn global(&mut self, module: &str, name: &str) -> R<Global> {
+        resolve_global(module, name).inspect_err(|_| {
+            self.refused = Some((module.to_string(), name.to_string()));
+        })
     }
 
     fn node(&self, v: &Value) -> Option<&Node> {
@@ -944,12 +963,26 @@ impl<'a> Vm<'a> {
                 ))
             }
         };
-        if items.len() == 6 && items[5] != Value::None {
-            return Err(format!(
-                "storage '{key}' is a legacy storage view (view_metadata set): not supported"
-            ));
-        }
-        self.new_node(Node::Storage(StorageRef { kind, key, numel }))
+        // Legacy files of old torch may name a view of the root storage: (view_key, offset, size) in elements.
+        let view = match items.get(5) {
+            None | Some(Value::None) => None,
+            Some(v) => match self.seq_ref(v) {
+                Some([_, Value::Int(o), Value::Int(n)]) if *o >= 0 && *n >= 0 => {
+                    Some((*o as u64, *n as u64))
+                }
+                _ => {
+                    return Err(format!(
+                        "storage '{key}' has view metadata that is not (key, offset, size)"
+                    ))
+                }
+            },
+        };
+        self.new_node(Node::Storage(StorageRef {
+            kind,
+            key,
+            numel,
+            view,
+        }))
     }
 
     /// Apply an allow-listed callable.
@@ -979,8 +1012,8 @@ impl<'a> Vm<'a> {
                 }
                 Ok(d)
             }
-            Global::RebuildV2 | Global::RebuildV3 => {
-                let spec = self.tensor_spec(args, g == Global::RebuildV3);
+            Global::RebuildV1 | Global::RebuildV2 | Global::RebuildV3 => {
+                let spec = self.tensor_spec(args, g);
                 self.new_node(Node::Tensor(spec))
             }
             Global::RebuildParameter | Global::RebuildParameterWithState | Global::Parameter => {
@@ -997,6 +1030,38 @@ impl<'a> Vm<'a> {
                     _ => Err(format!("{g:?} of something that is not a tensor")),
                 }
             }
+            Global::RebuildFromCpuTensor => {
+                let [data, dtype, _device, _grad] = args else {
+                    return Err(
+                        "_rebuild_device_tensor_from_cpu_tensor expects (data, dtype, device, requires_grad)"
+                            .into(),
+                    );
+                };
+                let inner = match self.node(data) {
+                    Some(Node::Tensor(t)) => t.clone(),
+                    _ => return Err(
+                        "_rebuild_device_tensor_from_cpu_tensor of something that is not a tensor"
+                            .into(),
+                    ),
+                };
+                let spec = inner.and_then(|t| match dtype {
+                    Value::Global(Global::Dtype(TorchDtype::Supported(d))) if *d == t.dtype => {
+                        Ok(t)
+                    }
+                    Value::Global(Global::Dtype(TorchDtype::Supported(d))) => Err(format!(
+                        "the tensor is cast from {:?} to {d:?} on load: not supported",
+                        t.dtype
+                    )),
+                    Value::Global(Global::Dtype(TorchDtype::Unsupported(n))) => {
+                        Err(format!("unsupported dtype torch.{n}"))
+                    }
+                    other => Err(format!(
+                        "_rebuild_device_tensor_from_cpu_tensor: dtype argument is a {}",
+                        kind_of_scalar(other)
+                    )),
+                });
+                self.new_node(Node::Tensor(spec))
+            }
             Global::RebuildFromTypeV2 => {
                 let [Value::Global(f), _ty, inner, _state] = args else {
                     return Err("_rebuild_from_type_v2 expects (func, type, args, state)".into());
@@ -1004,7 +1069,10 @@ impl<'a> Vm<'a> {
                 if depth > 0
                     || !matches!(
                         f,
-                        Global::RebuildV2 | Global::RebuildV3 | Global::RebuildParameter
+                        Global::RebuildV1
+                            | Global::RebuildV2
+                            | Global::RebuildV3
+                            | Global::RebuildParameter
                     )
                 {
                     return Err(format!("_rebuild_from_type_v2 of {f:?} is not supported"));
@@ -1083,17 +1151,23 @@ impl<'a> Vm<'a> {
         items.iter().map(|d| self.usize_arg(d, what)).collect()
     }
 
-    /// Interpret `_rebuild_tensor_v2/v3` arguments. Errors are kept with the tensor and reported with its name.
-    fn tensor_spec(&self, args: &[Value], v3: bool) -> Result<TensorSpec, String> {
-        let (fname, n) = if v3 {
-            ("_rebuild_tensor_v3", 7)
-        } else {
-            ("_rebuild_tensor_v2", 6)
+    /// Interpret `_rebuild_tensor` (v1: storage, offset, size, stride — torch ≤ 0.3), `_rebuild_tensor_v2` or
+    /// `_rebuild_tensor_v3` arguments. Errors are kept with the tensor and reported with its name.
+    fn tensor_spec(&self, args: &[Value], g: Global) -> Result<TensorSpec, String> {
+        let v3 = g == Global::RebuildV3;
+        let (fname, n, extra) = match g {
+            Global::RebuildV1 => ("_rebuild_tensor", 4, 0),
+            Global::RebuildV3 => ("_rebuild_tensor_v3", 7, 1),
+            _ => ("_rebuild_tensor_v2", 6, 1),
         };
-        if args.len() != n && args.len() != n + 1 {
+        if args.len() < n || args.len() > n + extra {
             return Err(format!(
-                "{fname} expects {n} or {} arguments, got {}",
-                n + 1,
+                "{fname} expects {n}{} arguments, got {}",
+                if extra > 0 {
+                    format!(" or {}", n + extra)
+                } else {
+                    String::new()
+                },
                 args.len()
             ));
         }
@@ -1138,7 +1212,7 @@ impl<'a> Vm<'a> {
                 strides.len()
             ));
         }
-        if let Some(meta) = args.get(n) {
+        if let Some(meta) = args.get(n).filter(|_| extra > 0) {
             let empty = match meta {
                 Value::None => true,
                 v => matches!(self.node(v), Some(Node::Dict(d)) if d.items.is_empty()),

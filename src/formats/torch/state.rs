@@ -7,9 +7,9 @@ use std::path::Path;
 use std::rc::Rc;
 
 use super::pickle::{
-    kind_of_scalar, render_scalar, Node, StorageKind, StorageRef, Unpickled, Value,
+    kind_of_scalar, render_scalar, Node, PickleError, StorageKind, StorageRef, Unpickled, Value,
 };
-use crate::formats::{FormatError, Result};
+use crate::formats::{FormatError, ReadOptions, Result};
 use crate::tensor::{
     contiguous_range, numel, Backing, Checkpoint, DType, DataRef, OtherEntry, TensorEntry,
     TensorInfo,
@@ -17,17 +17,24 @@ use crate::tensor::{
 
 /// Deepest nesting of dicts searched for tensors.
 const MAX_DEPTH: usize = 32;
-/// Wrapper keys preferred when several nested dicts hold tensors (training checkpoints).
+/// Keys that hold the model's state dict in a training checkpoint, most wanted first. One of these holding tensors
+/// is chosen even beside top-level tensors (`loss`) and other dicts (optimizer states).
 const PREFERRED_KEYS: &[&str] = &[
     "state_dict",
     "model_state_dict",
+    "model_state",
     "model",
     "module",
+    "ema",
+    "ema_state_dict",
+    "model_ema",
     "net",
     "network",
     "params",
     "weights",
 ];
+/// Parts of key names that mark training state beside the model (never chosen as the state dict by themselves).
+const TRAINING_STATE: &[&str] = &["optim", "scheduler", "scaler", "rng", "amp"];
 /// Largest logical size of a view bigger than its storage (stride 0 or overlapping strides), so a tiny file cannot
 /// make a reader materialise terabytes.
 const MAX_EXPANDED_BYTES: usize = 1 << 30;
@@ -53,11 +60,13 @@ pub(crate) fn build(
     backing: Backing,
     up: &Unpickled,
     resolve: &mut Resolver<'_>,
+    opts: &ReadOptions,
 ) -> Result<Checkpoint> {
-    let leaves = select(up).map_err(|m| FormatError::invalid(path, m))?;
+    let (leaves, notes) = select(up, opts).map_err(|m| FormatError::invalid(path, m))?;
     let mut ck = Checkpoint {
         format: format.to_string(),
         files: vec![path.to_path_buf()],
+        notes,
         ..Default::default()
     };
     let mut ranges: HashMap<Rc<str>, (StorageKind, u64, Range<usize>)> = HashMap::new();
@@ -96,6 +105,28 @@ pub(crate) fn build(
                 r
             }
         };
+        // A legacy storage view: a window of the root storage, in elements.
+        let (range, base) = match st.view {
+            None => (range, 0),
+            Some((off, n)) => {
+                let unit = st.kind.unit_size().unwrap_or(1) as u64;
+                let start = off.checked_mul(unit);
+                let end = off.checked_add(n).and_then(|e| e.checked_mul(unit));
+                match (start, end) {
+                    (Some(a), Some(b)) if b <= range.len() as u64 => (
+                        range.start + a as usize..range.start + b as usize,
+                        off as usize,
+                    ),
+                    _ => {
+                        return Err(terr(format!(
+                            "storage view (offset {off}, size {n}) reaches past its {}-byte root storage '{}'",
+                            range.len(),
+                            st.key
+                        )))
+                    }
+                }
+            }
+        };
         let data = view(
             backing.clone(),
             range,
@@ -108,7 +139,7 @@ pub(crate) fn build(
         let tie = (
             st.key.clone(),
             spec.dtype,
-            spec.offset,
+            base + spec.offset,
             spec.shape.clone(),
             spec.strides.clone(),
         );
@@ -196,8 +227,12 @@ pub(crate) fn check_record_len(st: &StorageRef, len: usize) -> std::result::Resu
     Ok(())
 }
 
-/// Choose the state dict inside the top-level object and flatten it into named leaves.
-fn select(up: &Unpickled) -> std::result::Result<Vec<(String, Leaf)>, String> {
+/// Named leaves of the chosen state dict, and notes for the user.
+type Selected = (Vec<(String, Leaf)>, Vec<String>);
+
+/// Choose the state dict inside the top-level object and flatten it into named leaves; with it, notes saying
+/// which dict of a training checkpoint was read and what was left out.
+fn select(up: &Unpickled, opts: &ReadOptions) -> std::result::Result<Selected, String> {
     let mut root = match up.node(&up.root) {
         Some(Node::Dict(_)) => up.root.clone(),
         Some(Node::Tensor(_)) => {
@@ -212,49 +247,163 @@ fn select(up: &Unpickled) -> std::result::Result<Vec<(String, Leaf)>, String> {
     };
     let mut memo = HashMap::new();
     let mut out = Vec::new();
-    // Descend through wrapper dicts ({"model": {...}, "epoch": 3}) while the level has no tensor of its own.
-    for _ in 0..MAX_DEPTH {
-        let Some(d) = up.dict(&root) else { break };
-        if d.items.iter().any(|(_, v)| is_tensor(up, v)) {
-            break;
+    let mut notes = Vec::new();
+    // (path of the chosen dict, keys left out beside it)
+    let mut chosen_path: Vec<String> = Vec::new();
+    let mut left_out: Vec<String> = Vec::new();
+    let leave_out = |up: &Unpickled,
+                     d: &super::pickle::Dict,
+                     keep: &Value,
+                     at: &[String],
+                     out: &mut Vec<(String, Leaf)>,
+                     left_out: &mut Vec<String>| {
+        for (k, v) in &d.items {
+            if std::ptr::eq(k, keep) {
+                continue;
+            }
+            let name = key_name(k);
+            let full = at
+                .iter()
+                .cloned()
+                .chain([name.clone()])
+                .collect::<Vec<_>>()
+                .join("/");
+            left_out.push(full);
+            out.push((name.clone(), Leaf::Other(other(up, &name, v))));
         }
-        let candidates: Vec<&(Value, Value)> = d
-            .items
-            .iter()
-            .filter(|(_, v)| up.dict(v).is_some() && holds_tensors(up, v, 0, &mut memo))
-            .collect();
-        let chosen = match candidates.len() {
-            0 => break,
-            1 => candidates[0],
-            _ => {
-                let pick = PREFERRED_KEYS.iter().find_map(|p| {
-                    candidates
+    };
+    if let Some(want) = &opts.state_dict_key {
+        // The whole key first (it may contain '/' or '.'), then a path of keys separated by '/'.
+        let whole = [want.as_str()];
+        let parts: Vec<&str> = if up
+            .dict(&root)
+            .is_some_and(|d| d.items.iter().any(|(k, _)| key_name(k) == *want))
+        {
+            whole.to_vec()
+        } else {
+            want.split('/').collect()
+        };
+        for part in parts {
+            let d = up.dict(&root).ok_or_else(|| {
+                format!(
+                    "state dict key '{want}': '{}' is a {}, not a dict",
+                    chosen_path.join("/"),
+                    describe(up, &root)
+                )
+            })?;
+            let Some(item) = d.items.iter().find(|(k, _)| key_name(k) == part) else {
+                let keys: Vec<String> = d.items.iter().map(|(k, _)| key_name(k)).collect();
+                return Err(format!(
+                    "state dict key '{want}': no entry '{part}' (the keys there: {})",
+                    keys.join(", ")
+                ));
+            };
+            leave_out(up, d, &item.0, &chosen_path, &mut out, &mut left_out);
+            chosen_path.push(part.to_string());
+            root = item.1.clone();
+        }
+        if up.dict(&root).is_none() || !holds_tensors(up, &root, 0, &mut memo) {
+            return Err(format!(
+                "state dict key '{want}' names a {}, not a dict of tensors",
+                describe(up, &root)
+            ));
+        }
+    } else {
+        // Descend through wrapper dicts ({"model": {...}, "epoch": 3}, Lightning's {"state_dict": ...,
+        // "optimizer_states": [...]}, the tutorial's {"model_state_dict": ..., "loss": tensor}).
+        for depth in 0..MAX_DEPTH {
+            let Some(d) = up.dict(&root) else { break };
+            let holds = |v: &Value, memo: &mut HashMap<usize, bool>| {
+                up.dict(v).is_some() && holds_tensors(up, v, 0, memo)
+            };
+            let preferred = PREFERRED_KEYS.iter().find_map(|p| {
+                d.items
+                    .iter()
+                    .find(|(k, v)| matches!(k, Value::Str(s) if &**s == *p) && holds(v, &mut memo))
+            });
+            let chosen = match preferred {
+                Some(c) => c,
+                None => {
+                    if d.items.iter().any(|(_, v)| is_tensor(up, v)) {
+                        break;
+                    }
+                    let candidates: Vec<&(Value, Value)> = d
+                        .items
                         .iter()
-                        .find(|(k, _)| matches!(k, Value::Str(s) if &**s == *p))
-                });
-                match pick {
-                    Some(c) => *c,
-                    None => {
-                        let names: Vec<String> =
-                            candidates.iter().map(|(k, _)| key_name(k)).collect();
-                        return Err(format!(
-                            "several entries hold tensors ({}): cannot tell which is the state dict",
-                            names.join(", ")
-                        ));
+                        .filter(|(k, v)| {
+                            let name = key_name(k).to_ascii_lowercase();
+                            !TRAINING_STATE.iter().any(|t| name.contains(t)) && holds(v, &mut memo)
+                        })
+                        .collect();
+                    match candidates.len() {
+                        0 => break,
+                        1 => candidates[0],
+                        // Below a chosen wrapper, several tensor dicts are one nested state dict.
+                        _ if depth > 0 => break,
+                        _ => {
+                            let names: Vec<String> =
+                                candidates.iter().map(|(k, _)| key_name(k)).collect();
+                            return Err(format!(
+                                "several entries hold tensors ({}): cannot tell which is the state dict; \
+                                 pick one with --state-dict-key",
+                                names.join(", ")
+                            ));
+                        }
                     }
                 }
-            }
-        };
-        for (k, v) in &d.items {
-            if !std::ptr::eq(k, &chosen.0) {
-                out.push((key_name(k), Leaf::Other(other(up, &key_name(k), v))));
-            }
+            };
+            leave_out(up, d, &chosen.0, &chosen_path, &mut out, &mut left_out);
+            chosen_path.push(key_name(&chosen.0));
+            root = chosen.1.clone();
         }
-        root = chosen.1.clone();
+    }
+    if !chosen_path.is_empty() {
+        let how = if opts.state_dict_key.is_some() {
+            "as asked"
+        } else {
+            "a training checkpoint; pick another with --state-dict-key"
+        };
+        let rest = if left_out.is_empty() {
+            "nothing else".to_string()
+        } else {
+            left_out.join(", ")
+        };
+        notes.push(format!(
+            "read the state dict under '{}' ({how}); left out: {rest}",
+            chosen_path.join("/")
+        ));
     }
     let mut visited = HashSet::new();
     flatten(up, &root, "", 0, &mut memo, &mut visited, &mut out);
-    Ok(out)
+    Ok((out, notes))
+}
+
+/// What a pickle that our machine refused most likely is, when that can be told from the refused global: a whole
+/// nn.Module, numpy state, a TrainingArguments file. Otherwise the machine's own message.
+pub(crate) fn explain_pickle_error(e: &PickleError, pickle: &[u8]) -> String {
+    let Some((m, n)) = &e.refused else {
+        return e.to_string();
+    };
+    let has = |needle: &[u8]| pickle.windows(needle.len()).any(|w| w == needle);
+    if m.starts_with("numpy") {
+        return format!(
+            "a pickle of numpy objects ({m}.{n}), such as a Trainer's rng_state.pth: random-number state, not model weights"
+        );
+    }
+    if n == "TrainingArguments" || m.ends_with("training_args") {
+        return format!(
+            "a transformers TrainingArguments object ({m}.{n}, a training_args.bin): training settings, not model weights"
+        );
+    }
+    let module_like = m.starts_with("torch.nn.modules")
+        || (has(b"_parameters") && has(b"_modules") && has(b"_buffers"));
+    if module_like {
+        return format!(
+            "a whole pickled nn.Module of class {m}.{n} (torch.save(model)), not a state dict: load it in Python and \
+             torch.save(model.state_dict()) instead"
+        );
+    }
+    e.to_string()
 }
 
 fn flatten(
