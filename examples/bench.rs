@@ -96,6 +96,10 @@ struct Args {
     /// Only run cases whose name contains one of these words (comma-separated), e.g. `cast,bloom`.
     #[arg(long)]
     only: Option<String>,
+    /// Only generate and use these inputs (comma-separated keys, e.g. `llama-bf16-st,bloom-f16-st`); cases whose
+    /// input is left out are skipped. Default: all. Saves disk and time where only a few cases run (gpu-check).
+    #[arg(long)]
+    inputs: Option<String>,
     /// `--memory-budget` passed to `convert-batch`.
     #[arg(long, default_value = "4GiB")]
     memory_budget: String,
@@ -1254,15 +1258,31 @@ fn run(args: Args) -> Result<bool, String> {
     let mut notes: Vec<String> = Vec::new();
 
     // Inputs: generated in a child process (a child's ru_maxrss starts at its parent's peak).
-    let missing = INPUTS
+    let keys: Vec<String> = args
+        .inputs
+        .as_deref()
+        .map(|s| s.split(',').map(|w| w.trim().to_string()).collect())
+        .unwrap_or_default();
+    if let Some(k) = keys
         .iter()
-        .any(|d| d.fallback_for.is_none() && !is_complete(&cache, d, size))
-        || !cache
+        .find(|k| !INPUTS.iter().any(|d| d.key == k.as_str()))
+    {
+        return Err(format!("--inputs: unknown input '{k}'"));
+    }
+    let selected: Vec<&InputDef> = INPUTS
+        .iter()
+        .filter(|d| keys.is_empty() || keys.iter().any(|k| k == d.key))
+        .collect();
+    let missing = selected.iter().any(|d| {
+        (d.fallback_for.is_none() || !selected.iter().any(|p| Some(p.key) == d.fallback_for))
+            && !is_complete(&cache, d, size)
+    }) || (selected.iter().any(|d| d.key == "llama-f16-ckpt")
+        && !cache
             .join(format!("{DIST_KEY}-L{}", layers_for(Layout::LlamaMs, size)))
             .join(".complete")
-            .exists();
+            .exists());
     if args.generate_only {
-        for def in INPUTS {
+        for def in selected.iter().copied() {
             if def
                 .fallback_for
                 .and_then(|k| INPUTS.iter().find(|d| d.key == k))
@@ -1274,7 +1294,7 @@ fn run(args: Args) -> Result<bool, String> {
                 eprintln!("skipped: {e}");
             }
         }
-        if let Some(def) = INPUTS.iter().find(|d| d.key == "llama-f16-ckpt") {
+        if let Some(def) = selected.iter().copied().find(|d| d.key == "llama-f16-ckpt") {
             if let Err(e) =
                 ensure_input(&cache, def, size).and_then(|i| ensure_distributed(&cache, &i))
             {
@@ -1295,7 +1315,7 @@ fn run(args: Args) -> Result<bool, String> {
         }
     }
     let mut inputs: BTreeMap<&'static str, Input> = BTreeMap::new();
-    for def in INPUTS {
+    for def in selected.iter().copied() {
         if def.fallback_for.is_some_and(|k| inputs.contains_key(k)) {
             continue;
         }

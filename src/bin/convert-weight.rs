@@ -307,6 +307,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 }
 
 fn main() -> ExitCode {
+    // A CUDA build installed beside this one takes over on GPU machines (see src/device.rs).
+    convert_weight::device::reexec_cuda_build_if_present();
     // Listings piped into `head` end quietly, as with any Unix tool (Rust ignores SIGPIPE, so `println!` would
     // panic on the closed pipe). Outputs are never written to stdout, so nothing is left half-written.
     #[cfg(unix)]
