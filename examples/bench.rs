@@ -96,6 +96,10 @@ struct Args {
     /// Only run cases whose name contains one of these words (comma-separated), e.g. `cast,bloom`.
     #[arg(long)]
     only: Option<String>,
+    /// Only generate and use these inputs (comma-separated keys, e.g. `llama-bf16-st,bloom-f16-st`); cases whose
+    /// input is left out are skipped. Default: all. Saves disk and time where only a few cases run (gpu-check).
+    #[arg(long)]
+    inputs: Option<String>,
     /// `--memory-budget` passed to `convert-batch`.
     #[arg(long, default_value = "4GiB")]
     memory_budget: String,
@@ -662,6 +666,123 @@ fn ensure_input(cache: &Path, def: &InputDef, size: u64) -> Result<Input, String
     })
 }
 
+/// Key of the distributed input: the llama `.ckpt` input cut into 8 ranks (2 pipeline stages × 4-way tensor
+/// parallelism; column-parallel wq/wk/wv/w1/w3/embeddings on axis 0, row-parallel wo/w2 on axis 1, norms
+/// replicated) with a per-stage MindSpore strategy folder, written by the project's own splitter.
+const DIST_KEY: &str = "llama-f16-dist8";
+
+fn dist_layout(
+    name: &str,
+    shape: &[usize],
+    tp: u32,
+) -> Option<convert_weight::formats::strategy::ParallelLayouts> {
+    use convert_weight::formats::strategy::{
+        DevMatrix, ParallelLayouts, ParamSplitShape, TensorMap,
+    };
+    let col = ["wq.", "wk.", "wv.", "w1.", "w3.", "embedding", "lm_head"];
+    let mut map = vec![-1i32; shape.len()];
+    if col.iter().any(|c| name.contains(c)) && shape.len() == 2 {
+        map[0] = 0;
+    } else if (name.contains("wo.") || name.contains("w2.")) && shape.len() == 2 {
+        map[1] = 0;
+    }
+    if map
+        .iter()
+        .enumerate()
+        .any(|(i, &m)| m == 0 && shape[i] % tp as usize != 0)
+    {
+        return None;
+    }
+    Some(ParallelLayouts {
+        dev_matrix: vec![DevMatrix { dim: vec![tp] }],
+        tensor_map: vec![TensorMap { dim: map }],
+        param_split_shape: vec![ParamSplitShape { dim: vec![] }],
+        indices_offset: vec![],
+        field: 0,
+        opt_weight_shard_step: 0,
+        opt_weight_shard_size: 0,
+    })
+}
+
+/// Generate (or find cached) the 8-rank distributed input from the llama `.ckpt` input.
+fn ensure_distributed(cache: &Path, src: &Input) -> Result<Input, String> {
+    use convert_weight::formats::distributed::split;
+    use convert_weight::formats::strategy::{
+        ParallelLayoutItem, ParallelStrategyItem, ParallelStrategyMap, ParallelStrategys, Strategy,
+    };
+    use prost::Message;
+    let dir = cache.join(format!("{DIST_KEY}-L{}", src.layers));
+    let root = dir.join("ckpt");
+    let done = dir.join(".complete");
+    let (tp, stages) = (4u32, 2usize);
+    if !done.exists() {
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        eprint!("generating {} ... ", root.display());
+        let t0 = Instant::now();
+        let source = formats::open_model(&src.path).map_err(|e| e.to_string())?;
+        let per = src.layers.div_ceil(stages).max(1);
+        let sdir = dir.join("strategy-src");
+        fs::create_dir_all(&sdir).map_err(|e| format!("{}: {e}", sdir.display()))?;
+        for st in 0..stages {
+            let mut items = Vec::new();
+            for t in &source.tensors {
+                let n = &t.info.name;
+                let stage = match n.split("layers.").nth(1) {
+                    Some(rest) => rest
+                        .split('.')
+                        .next()
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .map_or(0, |i| (i / per).min(stages - 1)),
+                    None if n.contains("norm_out") || n.contains("lm_head") => stages - 1,
+                    None => 0,
+                };
+                if stage != st {
+                    continue;
+                }
+                if let Some(l) = dist_layout(n, &t.info.shape, tp) {
+                    items.push(ParallelLayoutItem {
+                        param_name: n.clone(),
+                        parallel_layouts: l,
+                    });
+                }
+            }
+            let map = ParallelStrategyMap {
+                current_stage: st as u32,
+                parallel_strategy_item: vec![ParallelStrategyItem {
+                    node_name: "bench".into(),
+                    parallel_strategys: ParallelStrategys {
+                        stage: st as u32,
+                        parallel_strategy: vec![],
+                    },
+                }],
+                parallel_layout_item: items,
+            };
+            let f = sdir.join(format!("stage{st}.ckpt"));
+            fs::write(&f, map.encode_to_vec()).map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+        let strategy = Strategy::read(&sdir).map_err(|e| e.to_string())?;
+        let plan = split::plan_mindspore(&source, &strategy, OutputFormat::Ckpt)
+            .map_err(|e| e.to_string())?;
+        split::write(&source, &plan, &root, &[]).map_err(|e| e.to_string())?;
+        fs::write(&done, b"").map_err(|e| format!("{}: {e}", done.display()))?;
+        eprintln!("{:.1} s", t0.elapsed().as_secs_f64());
+    }
+    let mut bytes = 0;
+    for r in 0..(tp as usize * stages) {
+        let f = root.join(format!("rank_{r}/checkpoint_{r}.ckpt"));
+        bytes += fs::metadata(&f)
+            .map_err(|e| format!("{}: {e}", f.display()))?
+            .len();
+    }
+    Ok(Input {
+        path: root,
+        bytes,
+        largest: src.largest,
+        layers: src.layers,
+    })
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Measuring a child process
 
@@ -1210,6 +1331,8 @@ const CASES: &[CaseFn] = &[
     case_bloom_split_transpose,
     case_qwen3_moe_stacking,
     case_deepseek3_fp8_dequant,
+    case_distributed_merge,
+    case_distributed_to_hf,
 ];
 
 fn case_rename_bin_to_ckpt(ctx: &Ctx) -> Result<ConvCase, String> {
@@ -1328,6 +1451,33 @@ fn case_deepseek3_fp8_dequant(ctx: &Ctx) -> Result<ConvCase, String> {
     })
 }
 
+/// Distributed: 8 ranks (pp2 × tp4 `.ckpt`) merged into one file, format only (issue 11: ≤ 1.5 × cp + fsync of the
+/// same bytes; the baseline copies the single-file `.ckpt` of the same model).
+fn case_distributed_merge(ctx: &Ctx) -> Result<ConvCase, String> {
+    ctx.need(DIST_KEY)?;
+    Ok(ConvCase {
+        name: "distributed 8 ranks (pp2 × tp4 .ckpt) → merged .safetensors".into(),
+        input: DIST_KEY,
+        out: "dist-merged.safetensors",
+        args: vec![],
+        ratio: 1.5,
+        in_batch: false,
+    })
+}
+
+/// Distributed: 8 ranks straight to HF llama.
+fn case_distributed_to_hf(ctx: &Ctx) -> Result<ConvCase, String> {
+    ctx.need(DIST_KEY)?;
+    Ok(ConvCase {
+        name: "distributed 8 ranks → HF llama (--reversed)".into(),
+        input: DIST_KEY,
+        out: "dist-llama.bin",
+        args: ctx.model_args("llama", &["--reversed"])?,
+        ratio: 1.5,
+        in_batch: false,
+    })
+}
+
 fn run(args: Args) -> Result<bool, String> {
     let size = parse_size(&args.size).map_err(|e| format!("--size: {e}"))?;
     MOE_EXPERTS.store(moe_experts(size), Ordering::Relaxed);
@@ -1365,14 +1515,37 @@ fn run(args: Args) -> Result<bool, String> {
     let mut notes: Vec<String> = Vec::new();
 
     // Inputs: generated in a child process (a child's ru_maxrss starts at its parent's peak).
-    let missing = INPUTS
+    let keys: Vec<String> = args
+        .inputs
+        .as_deref()
+        .map(|s| s.split(',').map(|w| w.trim().to_string()).collect())
+        .unwrap_or_default();
+    if let Some(k) = keys
         .iter()
-        .any(|d| d.fallback_for.is_none() && !is_complete(&cache, d, size));
+        .find(|k| !INPUTS.iter().any(|d| d.key == k.as_str()))
+    {
+        return Err(format!("--inputs: unknown input '{k}'"));
+    }
+    let selected: Vec<&InputDef> = INPUTS
+        .iter()
+        .filter(|d| keys.is_empty() || keys.iter().any(|k| k == d.key))
+        .collect();
+    let missing = selected.iter().any(|d| {
+        (d.fallback_for.is_none() || !selected.iter().any(|p| Some(p.key) == d.fallback_for))
+            && !is_complete(&cache, d, size)
+    }) || (selected.iter().any(|d| d.key == "llama-f16-ckpt")
+        && !cache
+            .join(format!(
+                "{DIST_KEY}-L{}",
+                layers_for(Layout::LlamaMs, DType::F16, size)
+            ))
+            .join(".complete")
+            .exists());
     if args.e2e_7b {
         return e2e_7b(&args, &cw, cb.as_deref(), &cache, &logs);
     }
     if args.generate_only {
-        for def in INPUTS {
+        for def in selected.iter().copied() {
             if def
                 .fallback_for
                 .and_then(|k| INPUTS.iter().find(|d| d.key == k))
@@ -1381,6 +1554,13 @@ fn run(args: Args) -> Result<bool, String> {
                 continue;
             }
             if let Err(e) = ensure_input(&cache, def, size) {
+                eprintln!("skipped: {e}");
+            }
+        }
+        if let Some(def) = selected.iter().copied().find(|d| d.key == "llama-f16-ckpt") {
+            if let Err(e) =
+                ensure_input(&cache, def, size).and_then(|i| ensure_distributed(&cache, &i))
+            {
                 eprintln!("skipped: {e}");
             }
         }
@@ -1398,7 +1578,7 @@ fn run(args: Args) -> Result<bool, String> {
         }
     }
     let mut inputs: BTreeMap<&'static str, Input> = BTreeMap::new();
-    for def in INPUTS {
+    for def in selected.iter().copied() {
         if def.fallback_for.is_some_and(|k| inputs.contains_key(k)) {
             continue;
         }
@@ -1407,6 +1587,14 @@ fn run(args: Args) -> Result<bool, String> {
                 inputs.insert(def.key, i);
             }
             Err(e) => notes.push(format!("input {} not generated: {e}", def.key)),
+        }
+    }
+    if let Some(ck) = inputs.get("llama-f16-ckpt").cloned() {
+        match ensure_distributed(&cache, &ck) {
+            Ok(i) => {
+                inputs.insert(DIST_KEY, i);
+            }
+            Err(e) => notes.push(format!("input {DIST_KEY} not generated: {e}")),
         }
     }
     let models = list_models(&cw);
@@ -1450,7 +1638,11 @@ fn run(args: Args) -> Result<bool, String> {
             ));
             continue;
         };
-        let baseline = baseline_of(input);
+        // A distributed input (a folder) is paired with `cp` of the single file holding the same model.
+        let baseline = match (case.input, inputs.get("llama-f16-ckpt")) {
+            (DIST_KEY, Some(single)) => baseline_of(single),
+            _ => baseline_of(input),
+        };
         let out = out_dir.join(case.out);
         let mut a = case.args.clone();
         dev(&mut a);

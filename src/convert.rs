@@ -351,7 +351,12 @@ fn open(spec: &JobSpec) -> Result<Opened, ConvertError> {
     let read = formats::ReadOptions {
         state_dict_key: spec.state_dict_key.clone(),
     };
-    let source = formats::open_model_with(&spec.input, &read)?;
+    // Distributed inputs (rank folders, MindFormers 2.x) take these two options; other inputs ignore them.
+    let dist = formats::distributed::Options {
+        keep_optimizer: spec.keep_optimizer,
+        strategy: spec.strategy.clone(),
+    };
+    let source = formats::open_input(&spec.input, &read, &dist)?;
     let Some(name) = &spec.model else {
         return Ok(Opened {
             source,
@@ -657,6 +662,22 @@ impl Prepared {
         let mut hashes: Vec<Option<String>> = vec![None; self.plan.outs.len()];
         let mut written = 0u64;
         let mut overflowed = 0u64;
+        // Bytes read: every source tensor the plan uses, once (a fused or split tensor is read once; an FP8
+        // weight counts its own bytes, not the wider bytes it dequantises to). Added as each output is written.
+        let mut first_use = vec![true; self.source.tensors.len()];
+        let read_by_item: Vec<u64> = self
+            .plan
+            .items
+            .iter()
+            .map(|item| {
+                let mut ins = Vec::new();
+                item.expr.inputs(&mut ins);
+                ins.into_iter()
+                    .filter(|&i| std::mem::replace(&mut first_use[i], false))
+                    .map(|i| self.source.tensors[i].info.nbytes() as u64)
+                    .sum()
+            })
+            .collect();
         let mut read = 0u64;
         let order = writer.order();
         // Two stages overlap: a producer thread evaluates tensor k+1 (and hashes it) while this thread writes
@@ -695,7 +716,7 @@ impl Prepared {
                 let (idx, ev, hash) = produced?;
                 hashes[idx] = hash;
                 overflowed += ev.overflowed;
-                read += ev.bytes.len() as u64;
+                read += read_by_item[idx];
                 writer.write(idx, &ev.bytes)?;
                 written += ev.bytes.len() as u64;
                 (ctl.progress)(written);

@@ -39,38 +39,9 @@ impl Compute {
         }
     }
 
-    /// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when built with the `cuda` feature and a GPU is present).
+    /// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when this build has it and a device answers; see [`crate::device`]).
     pub fn from_spec(spec: Option<&str>) -> Result<Compute> {
-        let spec = spec.unwrap_or("auto");
-        let device = match spec {
-            "cpu" => Device::Cpu,
-            "auto" => {
-                if candle_core::utils::cuda_is_available() {
-                    Device::cuda_if_available(0)?
-                } else {
-                    Device::Cpu
-                }
-            }
-            s if s == "cuda" || s.starts_with("cuda:") => {
-                let n = match s.strip_prefix("cuda:") {
-                    Some(n) => n
-                        .parse::<usize>()
-                        .map_err(|_| ExecError(format!("bad device '{s}': expected cuda:N")))?,
-                    None => 0,
-                };
-                if !candle_core::utils::cuda_is_available() {
-                    return Err(ExecError(format!(
-                        "device '{s}': this build has no CUDA support (build with --features cuda)"
-                    )));
-                }
-                Device::new_cuda(n)?
-            }
-            s => {
-                return Err(ExecError(format!(
-                    "unknown device '{s}': expected cpu, cuda, cuda:N or auto"
-                )))
-            }
-        };
+        let device = crate::device::resolve(spec).map_err(ExecError)?;
         Ok(Compute { device })
     }
 
@@ -109,6 +80,12 @@ impl Compute {
                 overflowed: 0,
             });
         }
+        #[cfg(feature = "cuda")]
+        if !matches!(self.device, Device::Cpu)
+            && !crate::exec_cuda::device_can_hold(expr, &|i| inputs.get(i).map(|e| e.info.dtype))
+        {
+            return Compute::cpu().eval_reusing(expr, inputs, scratch);
+        }
         // Every fast path overwrites all of `out`: keep its length so that resizing does not zero it again.
         let mut out = scratch;
         let mut overflowed = 0u64;
@@ -131,6 +108,23 @@ impl Compute {
                     let (dtype, shape) = shape_of(src, inputs)?;
                     if let [rows, cols] = shape[..] {
                         self.transpose_into(&b, dtype, rows, cols, &mut out)?;
+                        return Ok(Evaluated {
+                            bytes: Cow::Owned(out),
+                            overflowed,
+                        });
+                    }
+                }
+            }
+            // A cast of (a gather of) a host input on CUDA: streamed through the device (src/exec_cuda.rs).
+            #[cfg(feature = "cuda")]
+            Expr::Cast(src, to) if !cpu => {
+                let from = infer_dtype(src, inputs)?;
+                if let (Device::Cuda(dev), Some(_)) =
+                    (&self.device, crate::exec_cuda::cast_kernel(from, *to))
+                {
+                    if let Some(b) = self.view_bytes(src, inputs)? {
+                        overflowed += crate::exec_cuda::stream_cast(dev, &b, from, *to, &mut out)
+                            .map_err(ExecError)?;
                         return Ok(Evaluated {
                             bytes: Cow::Owned(out),
                             overflowed,
@@ -528,6 +522,17 @@ fn cast_tensor(t: &Tensor, to: CDType) -> Result<Tensor> {
     if t.device().is_cpu() && VecCast::supports(t.dtype(), to) && t.is_contiguous() {
         return Ok(t.apply_op1_no_bwd(&VecCast { to })?);
     }
+    #[cfg(feature = "cuda")]
+    if t.device().is_cuda() && t.dtype() != to {
+        // Our kernels (bit-identical to the CPU path); other float casts go through the CPU path, so that a GPU
+        // result never differs from a CPU one.
+        let t = t.contiguous()?;
+        if crate::exec_cuda::GpuCast::supports(t.dtype(), to) {
+            return Ok(t.apply_op1_no_bwd(&crate::exec_cuda::GpuCast { to })?);
+        }
+        let host = cast_tensor(&t.to_device(&Device::Cpu)?, to)?;
+        return Ok(host.to_device(t.device())?);
+    }
     Ok(t.to_dtype(to)?)
 }
 
@@ -624,10 +629,7 @@ fn input(inputs: &[TensorEntry], i: usize) -> Result<&TensorEntry> {
 /// narrow of one): no tensor needed.
 fn borrowed<'a>(expr: &Expr, inputs: &'a [TensorEntry]) -> Option<&'a [u8]> {
     match expr {
-        Expr::Input(i) => match &inputs.get(*i)?.data.bytes() {
-            Cow::Borrowed(b) => Some(b),
-            Cow::Owned(_) => None,
-        },
+        Expr::Input(i) => inputs.get(*i)?.data.borrowed(),
         Expr::Reshape(src, _) => borrowed(src, inputs),
         Expr::Narrow {
             src,
@@ -671,6 +673,18 @@ fn carrier(d: DType) -> CDType {
         DType::I8 | DType::U8 | DType::Bool => CDType::U8,
         DType::F8E4M3 | DType::F8E5M2 | DType::F8E8M0 => CDType::U8,
     }
+}
+
+/// [`narrowing`] for the GPU half of the executor.
+#[cfg(feature = "cuda")]
+pub(crate) fn narrowing_cast(from: DType, to: DType) -> bool {
+    narrowing(from, to)
+}
+
+/// [`count_inf_bytes`] for the GPU half of the executor.
+#[cfg(feature = "cuda")]
+pub(crate) fn count_inf_in(b: &[u8], dtype: DType) -> u64 {
+    count_inf_bytes(b, dtype)
 }
 
 /// Whether a cast can turn a finite value into an infinite one.
@@ -871,10 +885,7 @@ fn gather_runs<'a>(
         match expr {
             Expr::Input(i) => {
                 let e = inputs.get(*i)?;
-                let b = match e.data.bytes() {
-                    Cow::Borrowed(b) => b,
-                    Cow::Owned(_) => return None,
-                };
+                let b = e.data.borrowed()?;
                 let shape = e.info.shape.clone();
                 Some((
                     b,

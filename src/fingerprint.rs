@@ -53,6 +53,10 @@ pub struct SpecRecord {
     pub layers: Option<usize>,
     pub device: Option<String>,
     pub max_shard_size: Option<u64>,
+    #[serde(default)]
+    pub keep_optimizer: bool,
+    #[serde(default)]
+    pub strategy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mlp_layout: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,6 +75,11 @@ impl SpecRecord {
             layers: spec.layers,
             device: spec.device.clone(),
             max_shard_size: spec.max_shard_size,
+            keep_optimizer: spec.keep_optimizer,
+            strategy: spec
+                .strategy
+                .as_deref()
+                .map(|p| absolute(p).display().to_string()),
             mlp_layout: spec.mlp_layout,
             state_dict_key: spec.state_dict_key.clone(),
         }

@@ -13,7 +13,7 @@ use crate::tensor::Checkpoint;
 
 /// Read `path` for inspection: one file lists that file's tensors; an index json or a directory lists all shards.
 pub fn open(path: &Path) -> Result<Checkpoint, FormatError> {
-    if path.is_dir() {
+    if path.is_dir() || formats::distributed::detect(path).is_some() {
         formats::open_model(path)
     } else {
         formats::open_file(path)
@@ -24,6 +24,11 @@ pub fn open(path: &Path) -> Result<Checkpoint, FormatError> {
 /// `{"format", "tensors": [{"name","dtype","shape","nbytes"[,"sha256"]}], "other": [...], "metadata": {...},
 /// "notes": [...]}` (`metadata`: safetensors `__metadata__`; `notes`: which dict of a training checkpoint was read).
 pub fn inspect(path: &Path, json: bool, hash: bool) -> Result<String, FormatError> {
+    // Distributed checkpoints: the table shows ranks, files and each global tensor's coverage.
+    if !json && !hash && formats::distributed::detect(path).is_some() {
+        let opts = formats::distributed::Options::default();
+        return Ok(formats::distributed::summarise(path, &opts)?.render());
+    }
     let ck = open(path)?;
     let hashes: Vec<Option<String>> = if hash {
         ck.tensors

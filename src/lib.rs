@@ -5,7 +5,10 @@
 //! [`runner`] (many jobs; knows neither formats nor models).
 
 pub mod convert;
+pub mod device;
 pub mod exec;
+#[cfg(feature = "cuda")]
+pub mod exec_cuda;
 pub mod fingerprint;
 pub mod formats;
 pub mod fp8;

@@ -11,6 +11,7 @@
 //! output = "out/llama.ckpt"
 //! reversed = false      # optional
 //! dtype = "fp32"        # optional; n_head, hidden_size, layers, device, max_shard_size, state_dict_key likewise
+//! keep_optimizer = true # optional, distributed inputs: keep optimizer state; strategy = "path" likewise
 //! ```
 //!
 //! Everything is checked before anything runs: unknown keys, bad values, duplicate names, two jobs writing one
@@ -84,6 +85,8 @@ struct RawJob {
     layers: Raw,
     device: Raw,
     max_shard_size: Raw,
+    keep_optimizer: Raw,
+    strategy: Raw,
     mlp_layout: Raw,
     state_dict_key: Raw,
 }
@@ -103,6 +106,8 @@ struct RawDefaults {
     layers: Raw,
     device: Raw,
     max_shard_size: Raw,
+    keep_optimizer: Raw,
+    strategy: Raw,
     mlp_layout: Raw,
     state_dict_key: Raw,
 }
@@ -121,6 +126,8 @@ impl RawDefaults {
             layers: self.layers,
             device: self.device,
             max_shard_size: self.max_shard_size,
+            keep_optimizer: self.keep_optimizer,
+            strategy: self.strategy,
             mlp_layout: self.mlp_layout,
             state_dict_key: self.state_dict_key,
         }
@@ -149,6 +156,8 @@ fn merge(job: RawJob, d: &RawJob) -> RawJob {
         layers: job.layers.or_else(|| d.layers.clone()),
         device: job.device.or_else(|| d.device.clone()),
         max_shard_size: job.max_shard_size.or_else(|| d.max_shard_size.clone()),
+        keep_optimizer: job.keep_optimizer.or_else(|| d.keep_optimizer.clone()),
+        strategy: job.strategy.or_else(|| d.strategy.clone()),
         mlp_layout: job.mlp_layout.or_else(|| d.mlp_layout.clone()),
         state_dict_key: job.state_dict_key.or_else(|| d.state_dict_key.clone()),
     }
@@ -391,6 +400,12 @@ impl JobBuilder<'_> {
             layers: self.positive("layers", &raw.layers)?,
             device,
             max_shard_size: self.size("max_shard_size", &raw.max_shard_size)?,
+            keep_optimizer: self
+                .boolean("keep_optimizer", &raw.keep_optimizer)?
+                .unwrap_or(false),
+            strategy: self
+                .string("strategy", &raw.strategy)?
+                .map(|(p, _)| resolve(self.base, &p)),
             mlp_layout,
             state_dict_key: self
                 .string("state_dict_key", &raw.state_dict_key)?

@@ -26,6 +26,10 @@ pub struct JobSpec {
     pub device: Option<String>,
     /// Split the output into HF shards of at most this many bytes.
     pub max_shard_size: Option<u64>,
+    /// Distributed inputs: keep optimizer state (moments, step counters) instead of dropping it by named rules.
+    pub keep_optimizer: bool,
+    /// Distributed MindSpore inputs: the strategy file or per-stage folder, when it is not in the input's root.
+    pub strategy: Option<PathBuf>,
     /// MindFormers mcore `linear_fc1` layout: `Some(true)` interleaved, `Some(false)` contiguous (`--mlp-layout`).
     pub mlp_layout: Option<bool>,
     /// torch training checkpoints: the entry holding the model's state dict (`None`: chosen by the usual names).

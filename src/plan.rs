@@ -266,9 +266,15 @@ pub fn apply_dtype(
             .expr
             .infer(inputs)
             .map_err(|e| (item.name.clone(), e))?;
-        let Some(chain) = dtype_chain(src, dtype, item.pin) else {
+        let Some(mut chain) = dtype_chain(src, dtype, item.pin) else {
             continue;
         };
+        // A block dequantisation rounds its f32 product once, straight to the first dtype asked for (not to bf16
+        // and then again).
+        if let (Expr::Dequant { to, .. }, Some(&first)) = (&mut item.expr, chain.first()) {
+            *to = first;
+            chain.remove(0);
+        }
         for to in chain {
             item.expr = std::mem::replace(&mut item.expr, Expr::Zeros(vec![], to)).cast(to);
         }
@@ -309,5 +315,26 @@ mod tests {
         assert_eq!(dtype_chain(F16, Some(F16), Some(F16)), Some(vec![]));
         assert_eq!(dtype_chain(F32, Some(F16), Some(F16)), Some(vec![F16]));
         assert_eq!(dtype_chain(I64, Some(F16), None), None);
+    }
+
+    /// `--dtype` on a dequantised FP8 weight: the f32 product is rounded once, straight to the dtype asked for.
+    #[test]
+    fn dtype_on_a_dequantisation_rounds_once() {
+        use DType::*;
+        let inputs = [
+            TensorInfo::new("w", F8E4M3, vec![200, 64]),
+            TensorInfo::new("w_scale_inv", F32, vec![2, 1]),
+        ];
+        let deq = Expr::Input(0).dequant(Expr::Input(1), [128, 128], BF16);
+        for (global, want) in [(Some(F32), F32), (Some(F16), F16), (None, BF16)] {
+            let mut items = vec![PlanItem::new("w".to_string(), deq.clone())];
+            apply_dtype(&mut items, &inputs, global).unwrap();
+            match &items[0].expr {
+                Expr::Dequant { to, .. } => assert_eq!(*to, want, "--dtype {global:?}"),
+                other => {
+                    panic!("--dtype {global:?}: expected a bare dequantisation, got {other:?}")
+                }
+            }
+        }
     }
 }

@@ -214,6 +214,107 @@ pub enum DataRef {
         shape: Vec<usize>,
         strides: Vec<usize>,
     },
+    /// A global tensor assembled from slices of other tensors (distributed checkpoints: each rank's file holds a
+    /// box of the global tensor). The reader has checked that the boxes tile `shape` exactly, so every byte is
+    /// written once.
+    Assembled {
+        elem_size: usize,
+        /// Global shape.
+        shape: Vec<usize>,
+        pieces: Vec<Placed>,
+    },
+}
+
+/// One slice of a global tensor: `data` holds the row-major bytes of a box of shape `shape` whose first element is
+/// at `offset` in the global tensor.
+#[derive(Clone, Debug)]
+pub struct Placed {
+    pub data: DataRef,
+    pub offset: Vec<usize>,
+    pub shape: Vec<usize>,
+}
+
+/// Copy the row-major box `piece` (shape `box_shape`, placed at `offset`) into the row-major global buffer `out`
+/// of shape `shape`. The caller has checked that the box lies inside the tensor.
+pub fn place_box(
+    out: &mut [u8],
+    shape: &[usize],
+    elem_size: usize,
+    piece: &[u8],
+    offset: &[usize],
+    box_shape: &[usize],
+) {
+    box_runs(shape, offset, box_shape, elem_size, |g, b| {
+        out[g].copy_from_slice(&piece[b])
+    });
+}
+
+/// Cut the box (`box_shape` at `offset`) out of the row-major global buffer `global` into `out` (row-major).
+pub fn cut_box(
+    global: &[u8],
+    shape: &[usize],
+    elem_size: usize,
+    offset: &[usize],
+    box_shape: &[usize],
+    out: &mut [u8],
+) {
+    box_runs(shape, offset, box_shape, elem_size, |g, b| {
+        out[b].copy_from_slice(&global[g])
+    });
+}
+
+/// Walk a box of a row-major tensor as runs of contiguous bytes: `f(global byte range, box byte range)`.
+/// Trailing dimensions the box covers whole are merged into one run.
+pub fn box_runs(
+    shape: &[usize],
+    offset: &[usize],
+    box_shape: &[usize],
+    elem_size: usize,
+    mut f: impl FnMut(Range<usize>, Range<usize>),
+) {
+    let n = numel(box_shape).unwrap_or(0);
+    if n == 0 {
+        return;
+    }
+    // Merge the trailing dims that the box spans fully, plus the first one that it does not.
+    let rank = shape.len();
+    let mut k = rank; // dims k.. form one run
+    let mut run = elem_size;
+    while k > 0 {
+        k -= 1;
+        run *= box_shape[k];
+        if box_shape[k] != shape[k] {
+            break;
+        }
+    }
+    // strides of the global tensor in bytes
+    let mut strides = vec![0usize; rank];
+    let mut acc = elem_size;
+    for d in (0..rank).rev() {
+        strides[d] = acc;
+        acc *= shape[d];
+    }
+    let base: usize = offset.iter().zip(&strides).map(|(o, s)| o * s).sum();
+    let outer = &box_shape[..k.min(rank)];
+    let mut idx = vec![0usize; outer.len()];
+    let mut b = 0usize;
+    loop {
+        let g = base + idx.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>();
+        f(g..g + run, b..b + run);
+        b += run;
+        let mut d = outer.len();
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            idx[d] += 1;
+            if idx[d] < outer[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
 }
 
 impl DataRef {
@@ -248,6 +349,55 @@ impl DataRef {
                 }
                 Cow::Owned(materialise_strided(st, *elem_size, *offset, shape, strides))
             }
+            DataRef::Assembled {
+                elem_size,
+                shape,
+                pieces,
+            } => {
+                if let [p] = &pieces[..] {
+                    if p.shape == *shape {
+                        return p.data.bytes();
+                    }
+                }
+                let total = numel(shape).unwrap_or(0) * elem_size;
+                let mut out = vec![0u8; total];
+                for p in pieces {
+                    place_box(
+                        &mut out,
+                        shape,
+                        *elem_size,
+                        &p.data.bytes(),
+                        &p.offset,
+                        &p.shape,
+                    );
+                }
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// The tensor's row-major bytes when they lie contiguous in the backing, without materialising anything
+    /// (`None` when [`bytes`](Self::bytes) would have to build them).
+    pub fn borrowed(&self) -> Option<&[u8]> {
+        match self {
+            DataRef::Contiguous { backing, range } => Some(&backing.bytes()[range.clone()]),
+            DataRef::Chunks { backing, ranges } if ranges.len() == 1 => {
+                Some(&backing.bytes()[ranges[0].clone()])
+            }
+            DataRef::Chunks { .. } => None,
+            DataRef::Strided {
+                backing,
+                storage,
+                elem_size,
+                offset,
+                shape,
+                strides,
+            } => contiguous_range(*elem_size, *offset, shape, strides)
+                .map(|r| &backing.bytes()[storage.clone()][r]),
+            DataRef::Assembled { shape, pieces, .. } => match &pieces[..] {
+                [p] if p.shape == *shape => p.data.borrowed(),
+                _ => None,
+            },
         }
     }
 
@@ -257,6 +407,9 @@ impl DataRef {
             DataRef::Contiguous { range, .. } => range.len(),
             DataRef::Chunks { ranges, .. } => ranges.iter().map(|r| r.len()).sum(),
             DataRef::Strided {
+                elem_size, shape, ..
+            } => numel(shape).unwrap_or(0) * elem_size,
+            DataRef::Assembled {
                 elem_size, shape, ..
             } => numel(shape).unwrap_or(0) * elem_size,
         }
@@ -400,6 +553,46 @@ mod tests {
         assert_eq!(DType::from_name("F8_E4M3"), Some(DType::F8E4M3));
         assert_eq!(DType::F8E8M0.name(), "F8_E8M0");
         assert!(DType::F8E5M2.is_fp8() && !DType::F8E5M2.is_float() && DType::F8E5M2.size() == 1);
+    }
+
+    #[test]
+    fn assembled_boxes_place_and_borrow() {
+        // a 4x4 u8 tensor from four 2x2 boxes
+        let full: Vec<u8> = (0..16).collect();
+        let mut pieces = Vec::new();
+        for (r, c) in [(0, 0), (0, 2), (2, 0), (2, 2)] {
+            let mut b = vec![0u8; 4];
+            cut_box(&full, &[4, 4], 1, &[r, c], &[2, 2], &mut b);
+            pieces.push(Placed {
+                data: DataRef::Contiguous {
+                    backing: Backing::owned(b),
+                    range: 0..4,
+                },
+                offset: vec![r, c],
+                shape: vec![2, 2],
+            });
+        }
+        let d = DataRef::Assembled {
+            elem_size: 1,
+            shape: vec![4, 4],
+            pieces,
+        };
+        assert!(d.borrowed().is_none());
+        assert_eq!(&*d.bytes(), &full[..]);
+        assert_eq!(d.len(), 16);
+        let whole = DataRef::Assembled {
+            elem_size: 1,
+            shape: vec![4, 4],
+            pieces: vec![Placed {
+                data: DataRef::Contiguous {
+                    backing: Backing::owned(full.clone()),
+                    range: 0..16,
+                },
+                offset: vec![0, 0],
+                shape: vec![4, 4],
+            }],
+        };
+        assert_eq!(whole.borrowed(), Some(&full[..]));
     }
 
     #[test]

@@ -301,6 +301,8 @@ fn run(a: RunArgs) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // A CUDA build installed beside this one takes over on GPU machines (see src/device.rs).
+    convert_weight::device::reexec_cuda_build_if_present();
     let cli = Cli::parse();
     match cli.cmd {
         Some(Cmd::MergeReports {

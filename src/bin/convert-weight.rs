@@ -94,6 +94,13 @@ struct ConvertArgs {
     /// a lower-case final b means bits (HF: 5Gb = 625 MB), bare digits are bytes.
     #[arg(long = "max-shard-size", alias = "max_shard_size", value_parser = options::parse_size)]
     max_shard_size: Option<u64>,
+    /// Distributed input: keep optimizer state (adam_m/adam_v, accu_grads, global_step...) instead of dropping it.
+    #[arg(long = "keep-optimizer", alias = "keep_optimizer")]
+    keep_optimizer: bool,
+    /// Distributed MindSpore input: the strategy file or per-stage folder (default: the one `*strategy*` entry of
+    /// the input folder).
+    #[arg(long)]
+    strategy: Option<PathBuf>,
     /// torch training checkpoints: read the state dict under this key (`ema`, or nested as `outer/inner`) instead
     /// of the one chosen by its usual name (`state_dict`, `model_state_dict`, `model`...).
     #[arg(long = "state-dict-key", alias = "state_dict_key")]
@@ -128,6 +135,35 @@ enum Command {
         #[command(flatten)]
         model: VerifyModelArgs,
     },
+    /// Cut a full checkpoint (MindSpore names) into a distributed layout: the per-rank files of a MindSpore
+    /// strategy (--strategy), or a MindFormers 2.x layout (--tp/--pp/--ep). Nothing is written on any error.
+    Split {
+        /// The full checkpoint: a weight file, a shard, an index json or a directory.
+        source: PathBuf,
+        /// The output folder (must not exist, or be empty).
+        out: PathBuf,
+        /// MindSpore strategy file or per-stage folder: writes rank_N/checkpoint_N.<format> and the strategy.
+        #[arg(long, required_unless_present = "tp", conflicts_with_all = ["tp", "pp", "ep"])]
+        strategy: Option<PathBuf>,
+        /// Rank file format with --strategy: ckpt or safetensors.
+        #[arg(long, default_value = "ckpt", value_parser = ["ckpt", "safetensors"])]
+        format: String,
+        /// MindFormers 2.x layout: tensor parallel size.
+        #[arg(long, value_parser = options::parse_positive)]
+        tp: Option<usize>,
+        /// MindFormers 2.x layout: pipeline parallel size.
+        #[arg(long, default_value_t = 1, value_parser = options::parse_positive)]
+        pp: usize,
+        /// MindFormers 2.x layout: expert parallel size.
+        #[arg(long, default_value_t = 1, value_parser = options::parse_positive)]
+        ep: usize,
+        /// Layers split evenly over the pipeline stages (default: from the tensor names).
+        #[arg(long, value_parser = options::parse_positive)]
+        layers: Option<usize>,
+        /// MindFormers 2.x: the iteration folder written (iteration_NNNNNNNN).
+        #[arg(long, default_value_t = 1)]
+        iteration: u64,
+    },
 }
 
 fn spec_from(
@@ -147,9 +183,8 @@ fn spec_from(
         hidden_size: t.hidden_size,
         layers: t.layers,
         device: t.device.clone(),
-        max_shard_size: None,
         mlp_layout: t.mlp_layout,
-        state_dict_key: None,
+        ..JobSpec::default()
     }
 }
 
@@ -170,6 +205,42 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Some(Command::Inspect { path, json, hash }) => {
             let out = inspect::inspect(&path, json, hash).map_err(|e| error_chain(&e))?;
             print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Split {
+            source,
+            out,
+            strategy,
+            format,
+            tp,
+            pp,
+            ep,
+            layers,
+            iteration,
+        }) => {
+            use convert_weight::formats::{distributed::split, OutputFormat};
+            let target = match (strategy, tp) {
+                (Some(path), _) => split::Target::Strategy {
+                    path,
+                    format: if format == "safetensors" {
+                        OutputFormat::Safetensors
+                    } else {
+                        OutputFormat::Ckpt
+                    },
+                },
+                (None, Some(tp)) => split::Target::MindFormers {
+                    layout: split::MfLayout {
+                        tp,
+                        pp,
+                        ep,
+                        iteration,
+                    },
+                    layers,
+                },
+                (None, None) => return Err("split: give --strategy or --tp/--pp/--ep".into()),
+            };
+            let written = split::run(&source, &out, &target).map_err(|e| error_chain(&e))?;
+            eprintln!("wrote {} files under {}", written.len(), out.display());
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Verify { a, b, model }) => {
@@ -202,6 +273,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 output,
             );
             spec.max_shard_size = c.max_shard_size;
+            spec.keep_optimizer = c.keep_optimizer;
+            spec.strategy = c.strategy;
             spec.state_dict_key = c.state_dict_key;
             if cli.dry_run {
                 let plan = convert::plan(&spec).map_err(chain)?;
@@ -234,6 +307,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 }
 
 fn main() -> ExitCode {
+    // A CUDA build installed beside this one takes over on GPU machines (see src/device.rs).
+    convert_weight::device::reexec_cuda_build_if_present();
     // Listings piped into `head` end quietly, as with any Unix tool (Rust ignores SIGPIPE, so `println!` would
     // panic on the closed pipe). Outputs are never written to stdout, so nothing is left half-written.
     #[cfg(unix)]

@@ -7,9 +7,11 @@
 
 pub mod ckpt;
 mod detect;
+pub mod distributed;
 mod metadata;
 pub mod safetensors;
 pub mod sharded;
+pub mod strategy;
 pub mod torch;
 
 use std::fs::File;
@@ -207,6 +209,25 @@ pub fn open_model(path: &Path) -> Result<Checkpoint> {
 
 /// [`open_model`] with reader options (a state dict key applies to a single torch file, and is refused otherwise).
 pub fn open_model_with(path: &Path, opts: &ReadOptions) -> Result<Checkpoint> {
+    open_input(path, opts, &distributed::Options::default())
+}
+
+/// [`open_model_with`], plus the options of distributed checkpoints (optimizer state, strategy file).
+pub fn open_input(
+    path: &Path,
+    opts: &ReadOptions,
+    dist: &distributed::Options,
+) -> Result<Checkpoint> {
+    // Distributed checkpoints (rank_N/ folders + strategy, MindFormers 2.x metadata.json): one separate branch.
+    if distributed::detect(path).is_some() {
+        if opts.state_dict_key.is_some() {
+            return Err(FormatError::invalid(
+                path,
+                "a state dict key was given, but a distributed checkpoint holds plain per-rank files",
+            ));
+        }
+        return distributed::open(path, dist);
+    }
     match sharded::resolve(path)? {
         sharded::Resolved::Index(index) if opts.state_dict_key.is_some() => {
             Err(FormatError::invalid(
