@@ -104,6 +104,16 @@ fn mindspore_merge_equals_the_frameworks_bit_for_bit() {
             .collect();
         assert_eq!(rows_of(&ck), want_model, "{case}: without optimizer state");
         assert!(ck.others.iter().any(|o| o.name == "global_step"));
+        // The strategy file is an input of the job (fingerprints see an edit to it), not `__metadata__` that an
+        // output would carry or warn about.
+        assert!(ck.metadata.is_empty(), "{case}: metadata {:?}", ck.metadata);
+        assert!(
+            ck.files
+                .iter()
+                .any(|f| f.to_string_lossy().contains("strategy")),
+            "{case}: the strategy is not among the input files {:?}",
+            ck.files
+        );
         n += 1;
     }
     eprintln!("{n} MindSpore distributed fixtures checked");

@@ -242,7 +242,7 @@ pub fn read_with_coverage(
         });
     }
     let common = dir.join("common.json");
-    let mut metadata = vec![("metadata".to_string(), meta_path.display().to_string())];
+    let mut files = vec![meta_path.clone()];
     if common.is_file() {
         let text = std::fs::read_to_string(&common).map_err(|e| FormatError::io(&common, e))?;
         let v: Value = serde_json::from_str(&text)
@@ -256,9 +256,8 @@ pub fn read_with_coverage(
                 });
             }
         }
-        metadata.push(("common".to_string(), common.display().to_string()));
+        files.push(common.clone());
     }
-    let mut files = vec![meta_path.clone()];
     files.extend(order.iter().map(|f| dir.join(f)));
     let n = ranks.len().max(1);
     let (ck, covs) = finish(
@@ -266,7 +265,6 @@ pub fn read_with_coverage(
         globals,
         others,
         files,
-        metadata,
     )?;
     Ok((ck, covs, n))
 }

@@ -268,7 +268,6 @@ pub fn read_with_coverage(
         globals,
         others,
         files,
-        vec![("strategy".to_string(), strategy_path.display().to_string())],
     )?;
     Ok((ck, covs, n))
 }

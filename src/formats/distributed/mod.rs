@@ -357,7 +357,6 @@ fn finish(
     globals: Vec<Global>,
     mut others: Vec<OtherEntry>,
     files: Vec<PathBuf>,
-    metadata: Vec<(String, String)>,
 ) -> Result<(Checkpoint, Vec<Coverage>)> {
     let mut tensors = Vec::with_capacity(globals.len());
     let mut covs = Vec::with_capacity(globals.len());
@@ -373,7 +372,9 @@ fn finish(
             tensors,
             others,
             files,
-            metadata,
+            // The strategy, metadata.json and common.json are among `files` (the job's inputs), not safetensors
+            // `__metadata__` to carry into an output.
+            metadata: Vec::new(),
             notes: Vec::new(),
         },
         covs,
