@@ -9,67 +9,27 @@ use std::process::Command;
 use convert_weight::formats::distributed::{self, Options};
 use convert_weight::tensor::Checkpoint;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-#[path = "common/fixtures.rs"]
-mod locator;
+mod common;
 
 /// `tests/fixtures/distributed/` (made by tools/make-distributed-fixtures.py); missing is a failure naming it.
 fn fixtures() -> PathBuf {
-    let p = locator::fixture("distributed");
-    locator::require(p.join("provenance.json"));
+    let p = common::fixture("distributed");
+    common::require(p.join("provenance.json"));
     p
 }
 
 const MS_CASES: &[&str] = &["ms_r1", "ms_tp2", "ms_dp2_tp2_opt", "ms_pp2_dp2_tp2_opt"];
 
-/// (name, dtype, shape, sha256) rows.
-type Row = (String, String, Vec<u64>, String);
+/// (name, dtype, shape, sha256) rows, sorted by name (the shared sidecar form).
+type Row = common::T;
 
 fn rows_of_json(path: &Path) -> Vec<Row> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let v: Value = serde_json::from_str(&text).unwrap();
-    let mut rows: Vec<Row> = v["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["name"].as_str().unwrap().to_string(),
-                t["dtype"].as_str().unwrap().to_string(),
-                t["shape"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_u64().unwrap())
-                    .collect(),
-                t["sha256"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    rows.sort();
-    rows
+    common::sorted(common::tensors_of(&common::read_json(path)))
 }
 
 fn rows_of(ck: &Checkpoint) -> Vec<Row> {
-    let mut rows: Vec<Row> = ck
-        .tensors
-        .iter()
-        .map(|t| {
-            (
-                t.info.name.clone(),
-                t.info.dtype.name().to_string(),
-                t.info.shape.iter().map(|&d| d as u64).collect(),
-                hex(&Sha256::digest(t.data.bytes().as_ref())),
-            )
-        })
-        .collect();
-    rows.sort();
-    rows
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    common::tensors_of_checkpoint(ck)
 }
 
 fn is_optimizer(name: &str) -> bool {
@@ -99,7 +59,7 @@ fn mindspore_merge_equals_the_frameworks_bit_for_bit() {
         let ck = distributed::open(&root, &Options::default()).unwrap();
         let want_model: Vec<Row> = want
             .iter()
-            .filter(|r| !is_optimizer(&r.0))
+            .filter(|r| !is_optimizer(&r.name))
             .cloned()
             .collect();
         assert_eq!(rows_of(&ck), want_model, "{case}: without optimizer state");
@@ -156,16 +116,7 @@ fn cw(args: &[&str]) -> std::process::Output {
 }
 
 fn inspect_rows(path: &Path) -> Vec<Row> {
-    let out = cw(&["inspect", path.to_str().unwrap(), "--json", "--hash"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let tmp = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(tmp.path(), v.to_string()).unwrap();
-    rows_of_json(tmp.path())
+    common::sorted(common::inspect(path))
 }
 
 #[test]
@@ -173,7 +124,7 @@ fn the_convert_pipeline_merges_ranks_into_one_file_and_shards() {
     let root = fixtures().join("ms_pp2_dp2_tp2_opt");
     let want: Vec<Row> = rows_of_json(&root.join("framework_merge.tensors.json"))
         .into_iter()
-        .filter(|r| !is_optimizer(&r.0))
+        .filter(|r| !is_optimizer(&r.name))
         .collect();
     let out = tempfile::tempdir().unwrap();
     let single = out.path().join("merged.safetensors");
@@ -597,7 +548,7 @@ fn hundreds_of_ranks_merge_under_a_small_descriptor_limit() {
 
 /// Sidecar rows of an mcore fixture (tests/fixtures/mcore/...).
 fn mcore(rel: &str) -> PathBuf {
-    locator::fixture(&format!("mcore/{rel}"))
+    common::fixture(&format!("mcore/{rel}"))
 }
 
 #[test]

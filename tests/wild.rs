@@ -10,20 +10,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use convert_weight::formats::{self, ReadOptions};
-use convert_weight::tensor::Checkpoint;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-#[path = "common/fixtures.rs"]
-mod locate;
+mod common;
 
 /// `tests/fixtures/wild/` (through the shared locator: a missing fixture fails naming it).
 fn corpus() -> PathBuf {
-    locate::fixture("wild")
+    common::fixture("wild")
 }
 
 fn fixture(name: &str) -> PathBuf {
-    locate::fixture(&format!("wild/{name}"))
+    common::fixture(&format!("wild/{name}"))
+}
+
+/// A sidecar's tensors, sorted by name, in the shared form.
+fn sidecar_rows(doc: &Value) -> Vec<common::T> {
+    common::sorted(common::tensors_of(doc))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -40,47 +43,6 @@ fn cw(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// (name, dtype, shape, sha256) of every tensor, sorted by name.
-fn rows_of_checkpoint(ck: &Checkpoint) -> Vec<(String, String, Vec<usize>, String)> {
-    let mut v: Vec<_> = ck
-        .tensors
-        .iter()
-        .map(|t| {
-            (
-                t.info.name.clone(),
-                t.info.dtype.name().to_string(),
-                t.info.shape.clone(),
-                hex(&Sha256::digest(t.data.bytes().as_ref())),
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-fn rows_of_sidecar(doc: &Value) -> Vec<(String, String, Vec<usize>, String)> {
-    let mut v: Vec<_> = doc["tensors"]
-        .as_array()
-        .expect("sidecar has tensors")
-        .iter()
-        .map(|t| {
-            (
-                t["name"].as_str().unwrap().to_string(),
-                t["dtype"].as_str().unwrap().to_string(),
-                t["shape"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_u64().unwrap() as usize)
-                    .collect(),
-                t["sha256"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -110,8 +72,8 @@ fn every_wild_file_reads_as_the_libraries_read_it() {
         match formats::open_file_with(&file, &opts) {
             Err(e) => failures.push(format!("{}: {e}", file.display())),
             Ok(ck) => {
-                let got = rows_of_checkpoint(&ck);
-                let want = rows_of_sidecar(&doc);
+                let got = common::tensors_of_checkpoint(&ck);
+                let want = sidecar_rows(&doc);
                 if got != want {
                     failures.push(format!(
                         "{}: tensors differ from the sidecar\n  got  {got:?}\n  want {want:?}",
@@ -348,10 +310,15 @@ fn zip_directory_found_for_every_stem_length_with_and_without_zip64() {
             write_miniz_zip(&path, &entries, zip64);
             let ck = formats::open_file(&path)
                 .unwrap_or_else(|e| panic!("stem length {len}, zip64 {zip64}: {e}"));
-            let rows = rows_of_checkpoint(&ck);
+            let rows = common::tensors_of_checkpoint(&ck);
             assert_eq!(
                 rows,
-                vec![("w".to_string(), "F32".to_string(), vec![2, 3], want.clone())],
+                vec![common::T {
+                    name: "w".to_string(),
+                    dtype: "F32".to_string(),
+                    shape: vec![2, 3],
+                    sha256: want.clone(),
+                }],
                 "stem length {len}, zip64 {zip64}"
             );
             n += 1;
@@ -429,7 +396,12 @@ fn torch_03_legacy_rebuild_tensor_v1_and_storage_views_read() {
 #[test]
 fn training_checkpoints_choose_the_model_state_dict_and_say_so() {
     let ck = formats::open_file(&fixture("tutorial_checkpoint.pt")).unwrap();
-    assert_eq!(ck.tensors.len(), 4, "{:?}", rows_of_checkpoint(&ck));
+    assert_eq!(
+        ck.tensors.len(),
+        4,
+        "{:?}",
+        common::tensors_of_checkpoint(&ck)
+    );
     assert!(ck.find("loss").is_none());
     let note = ck.notes.join("\n");
     assert!(note.contains("'model_state_dict'"), "{note}");
@@ -553,8 +525,8 @@ fn state_dict_key_from_the_command_line_and_the_manifest() {
     let check = |out: &Path| {
         let ck = formats::open_file(out).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            rows_of_checkpoint(&ck),
-            rows_of_sidecar(&want),
+            common::tensors_of_checkpoint(&ck),
+            sidecar_rows(&want),
             "{}",
             out.display()
         );

@@ -106,6 +106,25 @@ pub fn inspect(path: &Path) -> Vec<T> {
     tensors_of(&serde_json::from_str(&out).expect("inspect prints one JSON object"))
 }
 
+/// Every tensor of a checkpoint as a sidecar lists it (sha256 of its bytes), sorted by name.
+pub fn tensors_of_checkpoint(ck: &convert_weight::tensor::Checkpoint) -> Vec<T> {
+    use sha2::Digest;
+    sorted(
+        ck.tensors
+            .iter()
+            .map(|t| T {
+                name: t.info.name.clone(),
+                dtype: t.info.dtype.name().to_string(),
+                shape: t.info.shape.iter().map(|&d| d as u64).collect(),
+                sha256: sha2::Sha256::digest(t.data.bytes().as_ref())
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect(),
+            })
+            .collect(),
+    )
+}
+
 pub fn sorted(mut v: Vec<T>) -> Vec<T> {
     v.sort();
     v
